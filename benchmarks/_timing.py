@@ -1,0 +1,70 @@
+"""Timing and memory helpers shared by the benchmarks (GPU-aware, honest about synchronisation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    import taichi as ti
+
+    from tvq import runtime
+
+    if runtime._info is not None:
+        ti.sync()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device, warmup: int = 3, iters: int = 10) -> dict:
+    """Median and min wall time of fn() in milliseconds, synchronising the device around each call."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(iters):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+
+
+def peak_memory_bytes(fn: Callable[[], object], device) -> int | None:
+    """Peak GPU memory allocated by torch while fn() runs, above what was allocated before (None on CPU)."""
+    if torch.device(device).type != "cuda":
+        return None
+    sync(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync(device)
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def device_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
