@@ -75,6 +75,77 @@ def make_scene_cmd(
     typer.echo(f"wrote {train}+{val}+{test} views of {size}x{size} to {out_dir}")
 
 
+def _parse_steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(sorted(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise TvqError(f"--prune-at takes comma-separated step numbers, got {text!r}") from None
+
+
+@app.command("train")
+def train_cmd(
+    scene: Path = typer.Argument(..., help="A scene folder (Blender, nerfstudio/instant-ngp or RTMV)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: checkpoint, metrics.json, renders."),
+    bits: int = typer.Option(0, "--bits", help="0: raw fp features (NGLOD-NeRF); b: VQ-AD with b-bit learned indices."),
+    hash_: bool = typer.Option(False, "--hash", help="With --bits: fixed random indices (hash baseline)."),
+    max_level: int = typer.Option(8, "--max-level", help="Finest octree level (2^level cells per axis)."),
+    num_lods: int = typer.Option(4, "--num-lods", help="Number of feature levels (LODs), the finest ones."),
+    iters: int = typer.Option(20000, "--iters", help="Training steps."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time budget (stops at iters or minutes)."),
+    downscale: int = typer.Option(1, "--downscale", min=1, help="Downscale images by this factor."),
+    batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
+    samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
+    octree: str = typer.Option("auto", "--octree", help="Octree source: auto (depth if present), depth or masks."),
+    prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
+                                 "(default: 500,2000 for a mask-carved octree, none for depth)."),
+    eval_every: int = typer.Option(1000, "--eval-every", help="Steps between quick test-PSNR checks (0: never)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out where it stopped."),
+    arch: Optional[str] = ArchOption,
+) -> None:
+    """Train a radiance field (raw or vector-quantised) on a scene, then evaluate every LOD."""
+    from tvq.job import format_table, train_scene
+    from tvq.train import TrainConfig
+
+    steps = _parse_steps(prune_at) if prune_at else None
+    config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
+                         batch_rays=batch_rays, samples_per_cell=samples_per_cell, octree_from=octree,
+                         prune_at=steps, eval_every=eval_every, seed=seed)
+    metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=arch)
+    typer.echo(format_table(metrics))
+    typer.echo(f"metrics: {out / 'metrics.json'}   renders: {out / 'renders'}   checkpoint: {out / 'checkpoint.pt'}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Path = typer.Option(Path("tvq-demo"), "--out", "-o", help="Folder for the demo scene and the trained model."),
+    bits: int = typer.Option(4, "--bits", help="Index bitwidth of the VQ model (0: raw features)."),
+    iters: int = typer.Option(600, "--iters", help="Training steps."),
+    arch: Optional[str] = ArchOption,
+) -> None:
+    """Make the built-in scene (if needed), train a small VQ model on it, evaluate, print a table."""
+    from tvq.job import demo
+
+    demo(out, bits=bits, iters=iters, arch=arch, echo=typer.echo)
+
+
+@app.command("render")
+def render_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by tvq train."),
+    out: Path = typer.Option(..., "--out", "-o", help="A folder for PNG frames, or a .gif/.mp4 file."),
+    orbit: int = typer.Option(36, "--orbit", min=1, help="Number of frames on an orbit around the scene."),
+    lod: Optional[int] = typer.Option(None, "--lod", help="LOD to render (default: the finest)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Image width (height follows the training aspect)."),
+    fps: int = typer.Option(24, "--fps", min=1, help="Frames per second of a video."),
+    arch: Optional[str] = ArchOption,
+) -> None:
+    """Render an orbit of a trained model as PNG frames, a GIF or an MP4."""
+    from tvq.job import render_orbit
+
+    written = render_orbit(checkpoint, out, frames=orbit, lod=lod, width=size, fps=fps, arch=arch)
+    typer.echo(f"wrote {written}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point: run the app, turning TvqError into one line and exit code 2."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,141 @@
+"""The radiance field: a multi-resolution feature octree and a small decoder MLP.
+
+Feature levels are the ``num_lods`` finest levels of the octree (paper: levels 5..8). A point's feature is
+the sum over levels up to the requested LOD of the trilinear interpolation of that level's vertex
+features (zero where the level's cell is not occupied). Three ways to hold the vertex features:
+
+- ``raw``  (NGLOD-NeRF, ``bits = 0``): a float table per level, N(0, 0.01) init.
+- ``vq``   (VQ-AD, ``bits = b``): per vertex a row of 2^b logits, per level a 2^b x F codebook; the
+  forward pass uses the hard code D[argmax C_v], gradients flow through a straight-through softmax.
+- ``hash`` (the paper's random-index baseline): fixed random b-bit indices, trained codebooks.
+
+The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> 128 (ReLU) -> 4: density (ReLU) and
+colour (sigmoid), shared by every LOD.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import ops
+from .octree import FlatOctree, SparseOctree
+
+KINDS = ("raw", "vq", "hash")
+
+
+def encode_direction(d: torch.Tensor, num_freqs: int = 4) -> torch.Tensor:
+    """NeRF positional encoding of unit directions: d, sin(2^k d), cos(2^k d) -> (N, 3 + 6 num_freqs)."""
+    freqs = 2.0 ** torch.arange(num_freqs, device=d.device, dtype=d.dtype)
+    scaled = (d[:, None, :] * freqs[:, None]).reshape(d.shape[0], -1)
+    return torch.cat([d, torch.sin(scaled), torch.cos(scaled)], dim=-1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, feature_dim: int = 16, hidden: int = 128, num_freqs: int = 4):
+        super().__init__()
+        self.num_freqs = num_freqs
+        self.net = nn.Sequential(
+            nn.Linear(feature_dim + 3 + 6 * num_freqs, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
+        )
+
+    def forward(self, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.net(torch.cat([features, encode_direction(dirs, self.num_freqs)], dim=-1))
+        return torch.relu(out[:, 0]), torch.sigmoid(out[:, 1:])
+
+
+class FeatureOctree(nn.Module):
+    """Vertex features of the feature levels of a ``SparseOctree``, held raw, as VQ codes or hashed."""
+
+    def __init__(self, octree: SparseOctree, num_lods: int = 4, feature_dim: int = 16, kind: str = "raw",
+                 bits: int = 0, init_std: float = 0.01, seed: int = 0):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown feature kind {kind!r}")
+        if kind != "raw" and not 1 <= bits <= 16:
+            raise ValueError(f"bits must be in 1..16 for {kind} features, got {bits}")
+        if not 1 <= num_lods <= octree.max_level + 1:
+            raise ValueError(f"num_lods must be in 1..{octree.max_level + 1}, got {num_lods}")
+        self.kind, self.bits, self.feature_dim, self.num_lods = kind, bits, feature_dim, num_lods
+        self.octree = octree
+        self.levels = tuple(range(octree.max_level - num_lods + 1, octree.max_level + 1))
+        self.flat: FlatOctree = octree.flat(self.levels)
+        gen = torch.Generator().manual_seed(seed)
+        device = octree.device
+        num_vertices = self.flat.num_vertices
+        if kind == "raw":
+            self.features = nn.Parameter((torch.randn(num_vertices, feature_dim, generator=gen) * init_std).to(device))
+        else:
+            codes = 1 << bits
+            self.codebooks = nn.Parameter(
+                (torch.randn(num_lods * codes, feature_dim, generator=gen) * init_std).to(device))
+            if kind == "vq":
+                self.logits = nn.Parameter((torch.randn(num_vertices, codes, generator=gen) * init_std).to(device))
+            else:
+                level_of_vertex = torch.repeat_interleave(
+                    torch.arange(num_lods), torch.tensor(self.flat.vertex_counts()))
+                idx = torch.randint(0, codes, (num_vertices,), generator=gen) + level_of_vertex * codes
+                self.register_buffer("indices", idx.to(torch.int32).to(device))
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        """The parameters trained at the grid learning rate (features, codebooks, logits)."""
+        return [p for p in self.parameters()]
+
+    def forward(self, points: torch.Tensor, lod: int) -> torch.Tensor:
+        """Features (S, F) at normalised points (S, 3), summed over the first ``lod + 1`` feature levels."""
+        num_levels = lod + 1
+        if self.kind == "raw":
+            return ops.gather(points, self.flat, self.features, num_levels)
+        if self.kind == "vq":
+            return ops.vq_gather(points, self.flat, self.logits, self.codebooks, num_levels, self.bits)
+        return ops.hash_gather(points, self.flat, self.indices, self.codebooks, num_levels)
+
+    def hard_indices(self) -> torch.Tensor:
+        """The b-bit code of every vertex (per level, 0..2^b-1), as stored."""
+        if self.kind == "raw":
+            raise ValueError("raw features have no indices")
+        codes = 1 << self.bits
+        if self.kind == "vq":
+            return self.logits.argmax(dim=1).to(torch.int32)
+        return (self.indices % codes).to(torch.int32)
+
+    def size_bytes(self) -> dict:
+        """Storage the trained field implies: fp16 features, or b-bit indices plus fp16 codebooks."""
+        vertices = self.flat.vertex_counts()
+        if self.kind == "raw":
+            grid = sum(vertices) * self.feature_dim * 2
+            return {"vertices": vertices, "grid_bytes": grid, "codebook_bytes": 0, "index_bytes": 0}
+        index_bytes = sum(math.ceil(n * self.bits / 8) for n in vertices)
+        if self.kind == "hash":
+            index_bytes = 0  # hash indices are a function of the position, never stored
+        codebook_bytes = self.num_lods * (1 << self.bits) * self.feature_dim * 2
+        return {"vertices": vertices, "grid_bytes": index_bytes + codebook_bytes,
+                "codebook_bytes": codebook_bytes, "index_bytes": index_bytes}
+
+
+class RadianceField(nn.Module):
+    """Feature octree + decoder: (normalised points, view directions, LOD) -> (density, colour)."""
+
+    def __init__(self, grid: FeatureOctree, decoder: Decoder | None = None):
+        super().__init__()
+        self.grid = grid
+        self.decoder = decoder or Decoder(grid.feature_dim)
+
+    @property
+    def octree(self) -> SparseOctree:
+        return self.grid.octree
+
+    @property
+    def num_lods(self) -> int:
+        return self.grid.num_lods
+
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor, lod: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder(self.grid(points, lod), dirs)
+
+    def size_bytes(self) -> dict:
+        info = self.grid.size_bytes()
+        info["mlp_bytes"] = sum(p.numel() for p in self.decoder.parameters()) * 2
+        info["total_bytes"] = info["grid_bytes"] + info["mlp_bytes"]
+        return info

@@ -1,0 +1,209 @@
+"""The main job: load a scene, train, evaluate every LOD, write ``metrics.json``, renders and checkpoint.
+
+The command line's ``tvq train`` and ``tvq demo`` are thin wrappers over ``train_scene``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import runtime
+from .data import load_scene
+from .errors import TvqError
+from .eval import evaluate, write_json
+from .render import RenderOptions
+from .train import TrainConfig, Trainer, vertex_report
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; a line every few percent otherwise (logs, CI)."""
+
+    def __init__(self, total: int, start: int, minutes: float | None):
+        self.total, self.minutes = total, minutes
+        self.rich = None
+        self.last_line = -1
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+                TimeRemainingColumn
+
+            self.rich = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=Console(stderr=True), transient=False)
+            self.task = self.rich.add_task("train", total=total, completed=start, info="")
+            self.rich.start()
+
+    def __call__(self, trainer: Trainer, stats: dict) -> None:
+        info = (f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  "
+                f"{stats['rays_per_s'] / 1e3:.0f}k rays/s  {stats['samples_per_s'] / 1e6:.1f}M samples/s")
+        if self.minutes:
+            info += f"  {trainer.elapsed / 60:.1f}/{self.minutes:g} min"
+        if self.rich is not None:
+            self.rich.update(self.task, completed=trainer.step, info=info)
+            return
+        tick = trainer.step * 20 // self.total
+        if tick != self.last_line:
+            self.last_line = tick
+            _log(f"step {trainer.step}/{self.total}  {info}")
+
+    def close(self) -> None:
+        if self.rich is not None:
+            self.rich.stop()
+
+
+def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale: int = 1, resume: bool = False,
+                arch: str | None = None, eval_split: str = "test", log=_log) -> dict:
+    """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes."""
+    config.validate()
+    info = runtime.init(arch)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TvqError(f"{out_dir}: exists and is not a folder")
+    if (out_dir / "checkpoint.pt").exists() and not resume:
+        raise TvqError(f"{out_dir}: already holds a checkpoint; pass --resume to continue it or choose another --out")
+    scene = load_scene(scene_path, downscale=downscale)
+    views = scene.split(eval_split) or scene.split("val")
+    if not views:
+        raise TvqError(f"{scene_path}: no '{eval_split}' or 'val' views to evaluate on")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = runtime.device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer = Trainer(scene, config, out_dir, log=log)
+    trainer.setup(resume=resume)
+    background = trainer.data.background
+    quick = RenderOptions(samples_per_cell=config.samples_per_cell, early_stop=True)
+
+    def periodic_eval(t: Trainer) -> dict:
+        res = evaluate(t.field, views, background, lods=[t.field.num_lods - 1], options=quick,
+                       max_views=config.eval_views)[0]
+        log(f"step {t.step}: test PSNR {res['psnr']:.2f} dB (finest LOD, {res['views']} views)")
+        return {"psnr": res["psnr"]}
+
+    progress = _Progress(config.iters, trainer.step, config.minutes)
+    try:
+        trainer.fit(progress=progress, evaluate=periodic_eval)
+    finally:
+        progress.close()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    log(f"trained {trainer.step} steps in {trainer.elapsed:.1f} s; evaluating {len(views)} views per LOD")
+    t0 = time.perf_counter()
+    lods = evaluate(trainer.field, views, background, options=quick, render_dir=out_dir / "renders")
+    reached = [h["elapsed"] for h in trainer.history if h.get("psnr", 0) >= 30.0]
+    metrics = {
+        "scene": str(scene_path),
+        "lods": lods,
+        "bits": config.bits,
+        "kind": config.kind,
+        "train_seconds": trainer.elapsed,
+        "iterations": trainer.step,
+        "eval_seconds": time.perf_counter() - t0,
+        "seconds_to_30db": reached[0] if reached else None,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({info.arch})",
+        "peak_gpu_memory_bytes": peak,
+        "octree": vertex_report(trainer.field.octree, trainer.field.grid.levels),
+        "size": trainer.field.size_bytes(),
+        "history": trainer.history,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def format_table(metrics: dict) -> str:
+    size = metrics["size"]
+    lines = [f"{'LOD':>4} {'level':>5} {'PSNR':>7} {'SSIM':>6}"]
+    levels = metrics["config"]["max_level"] - metrics["config"]["num_lods"] + 1
+    for row in metrics["lods"]:
+        lines.append(f"{row['lod']:>4} {levels + row['lod']:>5} {row['psnr']:>7.2f} {row['ssim']:>6.4f}")
+    lines.append(f"model: {size['total_bytes'] / 1024:.1f} KiB ({metrics['kind']}, bits={metrics['bits']}); "
+                 f"vertices per level {size['vertices']}")
+    lines.append(f"trained {metrics['iterations']} steps in {metrics['train_seconds']:.1f} s on {metrics['device']}")
+    return "\n".join(lines)
+
+
+DEMO_CONFIG = dict(max_level=6, num_lods=3, batch_rays=2048, samples_per_cell=2, eval_every=0)
+
+
+def demo(out: Path, bits: int = 4, iters: int = 600, arch: str | None = None, echo=print) -> dict:
+    """Make the built-in scene under ``out/scene`` (once), train a small model on it, print a table."""
+    from .data.synthetic import make_scene
+
+    out = Path(out)
+    scene_dir = out / "scene"
+    if not (scene_dir / "transforms_train.json").is_file():
+        make_scene(scene_dir, size=64, n_train=32, n_val=4, n_test=4, seed=0)
+        echo(f"built-in scene written to {scene_dir}")
+    model_dir = out / f"model-bits{bits}"
+    resume = (model_dir / "checkpoint.pt").is_file()
+    config = TrainConfig(bits=bits, iters=iters, **DEMO_CONFIG)
+    metrics = train_scene(scene_dir, model_dir, config, resume=resume, arch=arch)
+    echo(format_table(metrics))
+    echo(f"renders: {model_dir / 'renders'}   metrics: {model_dir / 'metrics.json'}")
+    return metrics
+
+
+def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None = None, width: int | None = None,
+                 fps: int = 24, arch: str | None = None) -> Path:
+    """Render ``frames`` views on an orbit; PNG frames into a folder, or one .gif / .mp4 file."""
+    import imageio.v3 as iio
+    import numpy as np
+
+    from .eval import to_uint8, write_png
+    from .render import orbit_poses, render_image
+    from .train import field_from_checkpoint, load_checkpoint
+
+    runtime.init(arch)
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in ("", ".gif", ".mp4"):
+        raise TvqError(f"{out}: --out must be a folder, a .gif or a .mp4 file")
+    device = runtime.device()
+    ckpt = load_checkpoint(checkpoint)
+    field = field_from_checkpoint(ckpt, device).eval()
+    lod = field.num_lods - 1 if lod is None else lod
+    if not 0 <= lod < field.num_lods:
+        raise TvqError(f"--lod must be in 0..{field.num_lods - 1}, got {lod}")
+    cams = ckpt["cameras"]
+    K = cams["K"].double().clone()
+    w, h = cams["width"], cams["height"]
+    if width is not None:
+        if width < 8:
+            raise TvqError(f"--size must be at least 8, got {width}")
+        K[:2] *= width / w
+        w, h = width, max(1, round(h * width / w))
+    background = torch.tensor(ckpt["scene"]["background"], dtype=torch.float32, device=device)
+    center = field.octree.center
+    images = []
+    for k, pose in enumerate(orbit_poses(cams["c2ws"], center, frames)):
+        image = render_image(field, K, pose, w, h, lod, background, RenderOptions(early_stop=True))["color"]
+        if suffix:
+            images.append(to_uint8(image))
+        else:
+            write_png(out / f"frame_{k:04d}.png", image)
+    if not suffix:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name("." + out.name + ".tmp" + suffix)
+    try:
+        if suffix == ".gif":
+            iio.imwrite(tmp, np.stack(images), duration=1000 / fps, loop=0)
+        else:
+            try:
+                iio.imwrite(tmp, np.stack(images), fps=fps, codec="libx264")
+            except Exception as err:
+                raise TvqError(f"{out}: cannot write MP4 here ({type(err).__name__}); "
+                               "install imageio-ffmpeg or write a .gif or a folder of PNGs") from None
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out

@@ -1,0 +1,434 @@
+"""Training a radiance field on a scene: the VQ-AD recipe, checkpoints, resume, pruning.
+
+Recipe (paper defaults): Adam with lr 1e-3, the grid (features, codebooks, index logits) at 100x; each
+step draws ``batch_rays`` rays uniformly over all training pixels and one LOD, each finer LOD twice as
+likely as the one before; MSE loss in sRGB against images composited on the scene background.
+
+The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
+visual hull). A visual hull is a solid volume much larger than the visible surface, so at
+``prune_at`` steps the trainer renders the training rays, keeps the finest cells whose rendering weight
+reached ``prune_threshold`` somewhere, and rebuilds the octree and its parameters around them.
+
+Checkpoints hold everything needed to continue bit for bit: config, octree leaves, parameters, optimiser
+state, the ray sampler's generator and the step. They are written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import runtime
+from .data.rays import rays_for_views
+from .data.scene import Scene
+from .errors import TvqError
+from .field import Decoder, FeatureOctree, RadianceField
+from .metrics import mse_to_psnr
+from .octree import SparseOctree
+from .render import RenderOptions, render_rays
+
+CHECKPOINT_FORMAT = "tvq-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    bits: int = 0  # 0: raw features (NGLOD-NeRF); b > 0: VQ-AD with b-bit learned indices
+    hash: bool = False  # with bits > 0: fixed random indices (the paper's hash baseline)
+    max_level: int = 8
+    num_lods: int = 4
+    feature_dim: int = 16
+    octree_from: str = "auto"  # auto | depth | masks
+    dilate: int = 0  # dilate the depth octree by whole cells at the finest level
+    iters: int = 2000
+    minutes: float | None = None  # wall-clock budget; stops at whichever of iters/minutes comes first
+    batch_rays: int = 1 << 14
+    lr: float = 1e-3
+    grid_lr_scale: float = 100.0
+    samples_per_cell: int = 4
+    max_samples_per_ray: int = 1024
+    seed: int = 0
+    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (500, 2000) for masks only
+    prune_threshold: float = 1e-3
+    eval_every: int = 500
+    eval_views: int = 4  # views of the test split rendered for the periodic check
+    checkpoint_every: int = 500
+    mask_threshold: float = 0.5
+
+    def validate(self) -> None:
+        if self.bits < 0 or self.bits > 12:
+            raise TvqError(f"--bits must be 0 (raw features) or 1..12, got {self.bits}")
+        if self.hash and self.bits == 0:
+            raise TvqError("--hash needs --bits > 0 (the codebook size is 2^bits)")
+        if not 1 <= self.max_level <= 12:
+            raise TvqError(f"--max-level must be in 1..12, got {self.max_level}")
+        if not 1 <= self.num_lods <= self.max_level + 1:
+            raise TvqError(f"--num-lods must be in 1..{self.max_level + 1}, got {self.num_lods}")
+        if self.octree_from not in ("auto", "depth", "masks"):
+            raise TvqError(f"--octree must be auto, depth or masks, got {self.octree_from!r}")
+        if self.iters < 1 and not self.minutes:
+            raise TvqError("--iters must be at least 1")
+        if self.batch_rays < 1:
+            raise TvqError("--batch-rays must be at least 1")
+
+    @property
+    def kind(self) -> str:
+        return "raw" if self.bits == 0 else ("hash" if self.hash else "vq")
+
+
+# ---- data on the device ----------------------------------------------------------------------------
+
+
+@dataclass
+class RayData:
+    """All pixels of a set of views on the device, for uniform ray sampling."""
+
+    images: torch.Tensor  # (V, H, W, 3) float32
+    Ks: torch.Tensor  # (V, 3, 3)
+    c2ws: torch.Tensor  # (V, 4, 4)
+    background: torch.Tensor  # (3,)
+
+    @classmethod
+    def from_views(cls, views, background, device) -> "RayData":
+        return cls(
+            images=torch.from_numpy(np.stack([v.image for v in views])).to(device),
+            Ks=torch.from_numpy(np.stack([v.K for v in views])).float().to(device),
+            c2ws=torch.from_numpy(np.stack([v.c2w for v in views])).float().to(device),
+            background=torch.as_tensor(background, dtype=torch.float32, device=device),
+        )
+
+    @property
+    def num_pixels(self) -> int:
+        v, h, w, _ = self.images.shape
+        return v * h * w
+
+    def sample(self, n: int, generator: torch.Generator):
+        """n random rays over all pixels: origins, directions, target colours."""
+        v, h, w, _ = self.images.shape
+        flat = torch.randint(0, v * h * w, (n,), generator=generator, device=generator.device)
+        return self.rays_at(flat)
+
+    def rays_at(self, flat: torch.Tensor):
+        v, h, w, _ = self.images.shape
+        view = flat // (h * w)
+        pix = flat % (h * w)
+        row, col = pix // w, pix % w
+        origins, dirs = rays_for_views(self.Ks, self.c2ws, view, torch.stack([col, row], dim=1))
+        return origins, dirs, self.images[view, row, col]
+
+
+# ---- octree ----------------------------------------------------------------------------------------
+
+
+def build_octree(scene: Scene, config: TrainConfig, device, log=print) -> tuple[SparseOctree, str]:
+    """The starting octree, from the training depth points or carved from the training masks; and which."""
+    train = scene.split("train")
+    source = config.octree_from
+    has_depth = any(v.depth is not None for v in train)
+    has_alpha = any(v.alpha is not None for v in train)
+    if source == "auto":
+        source = "depth" if has_depth else "masks"
+    if source == "depth":
+        if not has_depth:
+            raise TvqError(f"{scene.root}: --octree depth, but the training views have no depth")
+        from .data.rays import scene_points
+
+        points = scene_points(scene, split="train", device=device)
+        if points.shape[0] == 0:
+            raise TvqError(f"{scene.root}: the training depth maps hold no valid depth")
+        octree = SparseOctree.from_points(points, config.max_level, dilate=config.dilate)
+        log(f"octree from {points.shape[0]:,} depth points")
+    else:
+        if not has_alpha:
+            raise TvqError(f"{scene.root}: the scene has neither training depth nor alpha masks to build an octree")
+        Ks = torch.from_numpy(np.stack([v.K for v in train])).float().to(device)
+        c2ws = torch.from_numpy(np.stack([v.c2w for v in train])).float().to(device)
+        alphas = torch.from_numpy(np.stack([v.alpha if v.alpha is not None else np.ones(v.image.shape[:2], np.float32)
+                                            for v in train])).to(device)
+        octree = SparseOctree.from_masks(Ks, c2ws, alphas, config.max_level, threshold=config.mask_threshold)
+        log(f"octree carved from {len(train)} masks (visual hull)")
+    return octree, source
+
+
+def vertex_report(octree: SparseOctree, levels) -> str:
+    return ", ".join(f"L{l}: {octree.num_cells(l):,} cells / {octree.num_vertices(l):,} vertices" for l in levels)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def make_field(octree: SparseOctree, config: TrainConfig) -> RadianceField:
+    grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=config.kind,
+                         bits=config.bits, seed=config.seed)
+    torch.manual_seed(config.seed)
+    return RadianceField(grid, Decoder(config.feature_dim)).to(octree.device)
+
+
+def octree_state(octree: SparseOctree) -> dict:
+    return {"max_level": octree.max_level, "center": octree.center.tolist(), "scale": octree.scale,
+            "leaf_codes": octree.cells[octree.max_level].cpu()}
+
+
+def octree_from_state(state: dict, device) -> SparseOctree:
+    return SparseOctree.from_leaf_codes(state["max_level"], state["leaf_codes"].to(device),
+                                        center=state["center"], scale=state["scale"])
+
+
+def load_checkpoint(path: Path, device=None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TvqError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise TvqError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise TvqError(f"{path}: not a tvq checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise TvqError(f"{path}: checkpoint version {ckpt.get('version')} is not supported")
+    return ckpt
+
+
+def field_from_checkpoint(ckpt: dict, device) -> RadianceField:
+    config = TrainConfig(**ckpt["config"])
+    octree = octree_from_state(ckpt["octree"], device)
+    field_ = make_field(octree, config)
+    field_.load_state_dict(ckpt["field"])
+    return field_
+
+
+# ---- the trainer -----------------------------------------------------------------------------------
+
+
+def lod_probabilities(num_lods: int) -> torch.Tensor:
+    """Each finer LOD twice as likely as the one before."""
+    w = torch.tensor([2.0**i for i in range(num_lods)])
+    return w / w.sum()
+
+
+class Trainer:
+    def __init__(self, scene: Scene, config: TrainConfig, out_dir: Path, log=print):
+        config.validate()
+        self.scene, self.config, self.out_dir, self.log = scene, config, Path(out_dir), log
+        self.device = runtime.device()
+        train_views = scene.split("train")
+        if not train_views:
+            raise TvqError(f"{scene.root}: the scene has no training views")
+        self.data = RayData.from_views(train_views, scene.background, self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.lod_probs = lod_probabilities(config.num_lods)
+        self.step = 0
+        self.elapsed = 0.0
+        self.history: list[dict] = []
+        self.field: RadianceField | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    # -- setup --
+
+    def setup(self, resume: bool = False) -> None:
+        if resume and self.checkpoint_path.is_file():
+            self._restore(load_checkpoint(self.checkpoint_path))
+            self.log(f"resumed from {self.checkpoint_path} at step {self.step}")
+            return
+        octree, source = build_octree(self.scene, self.config, self.device, self.log)
+        if self.config.prune_at is None:
+            self.config.prune_at = (500, 2000) if source == "masks" else ()
+        self.field = make_field(octree, self.config)
+        self.optimizer = self._make_optimizer()
+        self.log("octree: " + vertex_report(octree, self.field.grid.levels))
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
+        return torch.optim.Adam(
+            [
+                {"params": self.field.grid.grid_parameters(), "lr": c.lr * c.grid_lr_scale},
+                {"params": list(self.field.decoder.parameters()), "lr": c.lr},
+            ],
+            eps=1e-15,
+        )
+
+    def _restore(self, ckpt: dict) -> None:
+        saved = TrainConfig(**ckpt["config"])
+        # Budget options may change on resume; everything that shapes the model must not.
+        for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "seed"):
+            if getattr(saved, key) != getattr(self.config, key):
+                raise TvqError(f"{self.checkpoint_path}: checkpoint has {key}={getattr(saved, key)}, "
+                               f"the command asks for {getattr(self.config, key)}")
+        if self.config.prune_at is None:
+            self.config.prune_at = saved.prune_at
+        self.field = field_from_checkpoint(ckpt, self.device)
+        self.optimizer = self._make_optimizer()
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"])
+        self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
+        self.history = ckpt.get("history", [])
+
+    def save_checkpoint(self) -> None:
+        atomic_save(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "config": asdict(self.config),
+                "scene": {"root": str(self.scene.root), "format": self.scene.format,
+                          "background": [float(x) for x in self.scene.background]},
+                "cameras": {"K": self.data.Ks[0].cpu(), "width": int(self.data.images.shape[2]),
+                            "height": int(self.data.images.shape[1]), "c2ws": self.data.c2ws.cpu()},
+                "octree": octree_state(self.field.octree),
+                "field": self.field.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "history": self.history,
+            },
+            self.checkpoint_path,
+        )
+
+    # -- one step --
+
+    def train_step(self) -> dict:
+        c = self.config
+        lod = int(torch.multinomial(self.lod_probs, 1, generator=_cpu_generator(self.generator)).item())
+        origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
+        options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
+                                jitter=True)
+        out = render_rays(self.field, origins, dirs, lod, self.data.background, options, generator=self.generator)
+        loss = torch.mean((out["color"] - target) ** 2)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss, "lod": lod, "samples": out["samples"]}
+
+    def _check_finite(self, loss: float) -> None:
+        bad = not math.isfinite(loss) or any(not torch.isfinite(p).all() for p in self.field.parameters())
+        if bad:
+            kept = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file() else ""
+            raise TvqError(f"training diverged at step {self.step} (loss {loss}): stopped{kept}")
+
+    # -- pruning --
+
+    @torch.no_grad()
+    def prune(self) -> None:
+        """Drop finest-level cells whose rendering weight never reaches the threshold on the training rays."""
+        from .prune import cell_max_weights
+
+        field_ = self.field
+        octree = field_.octree
+        before = vertex_report(octree, field_.grid.levels)
+        weights = cell_max_weights(field_, self.data, self.config)
+        keep = weights >= self.config.prune_threshold
+        if not bool(keep.any()):
+            self.log("pruning skipped: no cell reached the weight threshold yet")
+            return
+        new_octree = SparseOctree.from_leaf_codes(octree.max_level, octree.cells[octree.max_level][keep],
+                                                  center=octree.center, scale=octree.scale)
+        self._remap(new_octree)
+        self.log(f"pruned at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
+
+    def _remap(self, new_octree: SparseOctree) -> None:
+        """Move parameters and Adam moments onto the (subset) vertices of a pruned octree."""
+        old_field, old_opt = self.field, self.optimizer
+        old_grid = old_field.grid
+        new_field = make_field(new_octree, self.config)
+        new_field.decoder.load_state_dict(old_field.decoder.state_dict())
+        # Row map: each new vertex's row in the old table (vertices of kept cells were vertices before).
+        rows = []
+        for k, level in enumerate(old_grid.levels):
+            old_codes = old_grid.octree.vertices[level]
+            new_codes = new_octree.vertices[level]
+            rows.append(torch.searchsorted(old_codes, new_codes) + int(old_grid.flat.vertex_start[k]))
+        rows = torch.cat(rows)
+        new_grid = new_field.grid
+        for name, new_param in new_grid.named_parameters():
+            old_param = getattr(old_grid, name)
+            mapped = old_param.data[rows] if old_param.shape[0] == old_grid.flat.num_vertices else old_param.data
+            new_param.data.copy_(mapped)
+        if new_grid.kind == "hash":
+            new_grid.indices.copy_(old_grid.indices[rows])
+        self.field = new_field
+        self.optimizer = self._make_optimizer()
+        # Carry Adam's moments over, re-indexed the same way.
+        old_params = [p for g in old_opt.param_groups for p in g["params"]]
+        new_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for old_p, new_p in zip(old_params, new_params):
+            state = old_opt.state.get(old_p)
+            if not state:
+                continue
+            new_state = {}
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_p.shape \
+                        and old_p.shape[0] == old_grid.flat.num_vertices:
+                    new_state[key] = value[rows].clone()
+                else:
+                    new_state[key] = value.clone() if torch.is_tensor(value) else value
+            self.optimizer.state[new_p] = new_state
+
+    # -- the loop --
+
+    def fit(self, progress=None, evaluate=None) -> dict:
+        """Train until ``iters`` steps or ``minutes`` of training time; returns a summary."""
+        c = self.config
+        budget_s = c.minutes * 60 if c.minutes else None
+        stats = {"rays": 0, "samples": 0, "t0": time.perf_counter(), "loss_sum": 0.0, "n": 0}
+        last_good_save = self.step
+        while self.step < c.iters and (budget_s is None or self.elapsed < budget_s):
+            t0 = time.perf_counter()
+            out = self.train_step()
+            self.step += 1
+            loss = float(out["loss"])
+            self.elapsed += time.perf_counter() - t0
+            self._check_finite(loss)
+            stats["rays"] += c.batch_rays
+            stats["samples"] += out["samples"]
+            stats["loss_sum"] += loss
+            stats["n"] += 1
+            if self.step in (c.prune_at or ()):
+                t0 = time.perf_counter()
+                self.prune()
+                self.elapsed += time.perf_counter() - t0
+            if evaluate is not None and c.eval_every and self.step % c.eval_every == 0:
+                self.history.append({"step": self.step, "elapsed": self.elapsed, **evaluate(self)})
+            if c.checkpoint_every and self.step % c.checkpoint_every == 0:
+                self.save_checkpoint()
+                last_good_save = self.step
+            if progress is not None:
+                wall = max(time.perf_counter() - stats["t0"], 1e-9)
+                progress(self, {"loss": loss, "psnr": mse_to_psnr(loss), "rays_per_s": stats["rays"] / wall,
+                                "samples_per_s": stats["samples"] / wall})
+        if last_good_save != self.step:
+            self.save_checkpoint()
+        return {"step": self.step, "elapsed": self.elapsed}
+
+
+def _cpu_generator(gen: torch.Generator) -> torch.Generator:
+    """A CPU generator derived from ``gen``'s stream (multinomial over LODs runs on the CPU)."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
+    return torch.Generator().manual_seed(seed)
