@@ -1,0 +1,50 @@
+"""Training runs on real scenes, one JSON row per (scene, bits): PSNR/SSIM per LOD, time, time to 30 dB,
+peak GPU memory, model size.
+
+    python -m benchmarks.train --scene .device/data/lego --bits 0 6 4 --minutes 5 \
+        --out benchmarks/results/train-lego-h100.json --runs-dir /tmp/runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks._timing import write_json
+from tvq.job import format_table, train_scene
+from tvq.train import TrainConfig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scene", required=True)
+    parser.add_argument("--bits", type=int, nargs="+", default=[0, 6, 4])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--iters", type=int, default=1_000_000)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--config", default="{}", help="JSON of extra TrainConfig fields")
+    args = parser.parse_args(argv)
+    extra = json.loads(args.config)
+    rows = []
+    if Path(args.out).is_file():
+        rows = json.loads(Path(args.out).read_text()).get("runs", [])
+    for bits in args.bits:
+        name = f"{Path(args.scene).name}-bits{bits}"
+        config = TrainConfig(bits=bits, iters=args.iters, minutes=args.minutes, **extra)
+        t0 = time.perf_counter()
+        metrics = train_scene(Path(args.scene), Path(args.runs_dir) / name, config)
+        metrics["wall_seconds"] = time.perf_counter() - t0
+        metrics["command"] = "python -m benchmarks.train " + " ".join(argv or sys.argv[1:])
+        print(name, "\n" + format_table(metrics), flush=True)
+        rows.append({"name": name, **{k: v for k, v in metrics.items() if k != "history"},
+                     "history": metrics["history"]})
+        write_json(args.out, {"runs": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
