@@ -1,8 +1,9 @@
 """Which finest-level cells does the field actually use? Rendering weight per cell over training rays.
 
-For a sample i on a ray, its rendering weight is w_i = T_i (1 - exp(-sigma_i dt_i)); a cell's score is the
-largest weight of any sample inside it over a large random subset of the training rays. Cells of a
-visual hull's interior, or of space the field has made transparent, score ~0 and can be dropped.
+For a sample i on a ray, its rendering weight is w_i = T_i (1 - exp(-sigma_i dt_i)) (from the compositing
+kernel); a cell's score is the largest weight of any sample inside it over a large random subset of the
+training rays. Cells of a visual hull's interior, or of space the field has made transparent, score ~0
+and can be dropped.
 """
 
 from __future__ import annotations
@@ -10,20 +11,6 @@ from __future__ import annotations
 import torch
 
 from .octree import morton_encode
-
-
-def packed_weights(sigma: torch.Tensor, dt: torch.Tensor, ray_offsets: torch.Tensor,
-                   ray_ids: torch.Tensor) -> torch.Tensor:
-    """w_i = T_i alpha_i for packed samples (vectorised; float64 prefix sums for long runs)."""
-    tau = (sigma * dt).double()
-    inclusive = torch.cumsum(tau, 0)
-    exclusive = inclusive - tau
-    counts = ray_offsets[1:] - ray_offsets[:-1]
-    starts = ray_offsets[:-1].clamp(max=max(tau.numel() - 1, 0))
-    ray_base = torch.where(counts > 0, exclusive[starts] if tau.numel() else counts.double(),
-                           torch.zeros_like(counts, dtype=torch.float64))
-    transmittance = torch.exp(-(exclusive - ray_base[ray_ids]))
-    return (transmittance * (1 - torch.exp(-tau))).float()
 
 
 def cell_of_points(points: torch.Tensor, codes: torch.Tensor, level: int) -> torch.Tensor:
@@ -38,7 +25,8 @@ def cell_of_points(points: torch.Tensor, codes: torch.Tensor, level: int) -> tor
 @torch.no_grad()
 def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 15) -> torch.Tensor:
     """Max rendering weight of each finest-level cell over ``num_rays`` random training rays."""
-    from .kernels.raymarch import raymarch
+    from .ops import composite
+    from .sampling import raymarch
 
     octree = field.octree
     level = octree.max_level
@@ -51,14 +39,14 @@ def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: in
     for start in range(0, flat.numel(), chunk):
         origins, dirs, _ = data.rays_at(flat[start:start + chunk])
         o_n = octree.normalize(origins)
-        packed = raymarch(octree, level, o_n, dirs, samples_per_cell=config.samples_per_cell,
+        packed = raymarch(octree, o_n, dirs, level, samples_per_cell=config.samples_per_cell,
                           max_samples_per_ray=config.max_samples_per_ray)
-        if packed.t.numel() == 0:
+        if packed.num_samples == 0:
             continue
-        ray_ids = packed.ray_ids.long()
-        points = o_n[ray_ids] + packed.t[:, None] * dirs[ray_ids]
-        sigma, _ = field(points, dirs[ray_ids], lod)
-        w = packed_weights(sigma, packed.dt, packed.ray_offsets, ray_ids)
+        points = packed.positions(o_n, dirs)
+        sigma, rgb = field(points, dirs.index_select(0, packed.ray_ids), lod)
+        w = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, data.background,
+                      return_weights=True).weights
         rows = cell_of_points(points, codes, level)
         ok = rows >= 0
         best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")

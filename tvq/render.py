@@ -15,7 +15,7 @@ import torch
 
 from . import ops
 from .field import RadianceField
-from .kernels.raymarch import raymarch
+from .sampling import raymarch
 
 
 @dataclass
@@ -37,14 +37,15 @@ def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor,
     octree = field.octree
     level = field.grid.levels[lod]
     o_n = octree.normalize(origins)
-    packed = raymarch(octree, level, o_n, dirs, samples_per_cell=options.samples_per_cell,
+    packed = raymarch(octree, o_n, dirs, level, samples_per_cell=options.samples_per_cell,
                       jitter=options.jitter, max_samples_per_ray=options.max_samples_per_ray,
                       generator=generator)
-    ray_ids = packed.ray_ids.long()
-    points = o_n[ray_ids] + packed.t[:, None] * dirs[ray_ids]
-    sigma, rgb = field(points, dirs[ray_ids], lod)
-    color, opacity, depth = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background)
-    return {"color": color, "opacity": opacity, "depth": depth / octree.scale, "samples": int(packed.t.numel())}
+    points = packed.positions(o_n, dirs)
+    sigma, rgb = field(points, dirs.index_select(0, packed.ray_ids), lod)
+    out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
+                        early_stop_eps=1e-4 if options.early_stop else 0.0)
+    return {"color": out.colour, "opacity": out.opacity, "depth": out.depth / octree.scale,
+            "samples": packed.num_samples}
 
 
 @torch.no_grad()
