@@ -325,7 +325,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return {"loss": loss, "lod": lod, "samples": out["samples"]}
+        return {"loss": loss.detach(), "lod": lod, "samples": out["samples"]}
 
     def _check_finite(self, loss: float) -> None:
         bad = not math.isfinite(loss) or any(not torch.isfinite(p).all() for p in self.field.parameters())
