@@ -20,8 +20,10 @@ from tvq.train import TrainConfig
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scene", required=True)
+    parser.add_argument("--scene", nargs="+", default=[], help="one or more scene folders (one process: "
+                        "Taichi compiles its kernels once)")
     parser.add_argument("--bits", type=int, nargs="+", default=[0, 6, 4])
+    parser.add_argument("--runs", nargs="*", default=None, help="explicit SCENE:BITS:MINUTES runs instead")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--iters", type=int, default=1_000_000)
     parser.add_argument("--out", required=True)
@@ -32,11 +34,14 @@ def main(argv=None) -> int:
     rows = []
     if Path(args.out).is_file():
         rows = json.loads(Path(args.out).read_text()).get("runs", [])
-    for bits in args.bits:
-        name = f"{Path(args.scene).name}-bits{bits}"
-        config = TrainConfig(bits=bits, iters=args.iters, minutes=args.minutes, **extra)
+    plan = [(scene, bits, args.minutes) for scene in args.scene for bits in args.bits]
+    if args.runs:
+        plan = [(r.split(":")[0], int(r.split(":")[1]), float(r.split(":")[2])) for r in args.runs]
+    for scene, bits, minutes in plan:
+        name = f"{Path(scene).name}-bits{bits}"
+        config = TrainConfig(bits=bits, iters=args.iters, minutes=minutes, **extra)
         t0 = time.perf_counter()
-        metrics = train_scene(Path(args.scene), Path(args.runs_dir) / name, config)
+        metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config)
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["command"] = "python -m benchmarks.train " + " ".join(argv or sys.argv[1:])
         print(name, "\n" + format_table(metrics), flush=True)

@@ -57,19 +57,26 @@ from tvq.train import TrainConfig, Trainer
 scene, out = load_scene(sys.argv[1]), sys.argv[2]
 # Prune at step 10 too, so the resumed run must restore a rebuilt octree and remapped Adam state.
 cfg = dict(bits=4, seed=1, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
-           samples_per_cell=2, eval_every=0, checkpoint_every=0)
-def run(name, iters, resume=False):
-    trainer = Trainer(scene, TrainConfig(iters=iters, **cfg), f"{out}/{name}", log=lambda *a: None)
+           samples_per_cell=2, eval_every=0, checkpoint_every=10, iters=40)
+def run(name, resume=False, kill_at=None):
+    trainer = Trainer(scene, TrainConfig(**cfg), f"{out}/{name}", log=lambda *a: None)
     trainer.setup(resume=resume)
-    trainer.fit()
-run("straight", 40)
-run("resumed", 20)   # a killed run leaves its last checkpoint behind
-run("resumed", 40, resume=True)
+    def killer(t, stats):
+        if t.step == kill_at:
+            raise KeyboardInterrupt
+    try:
+        trainer.fit(progress=killer)
+    except KeyboardInterrupt:
+        pass
+    return trainer
+run("straight")
+run("resumed", kill_at=25)   # killed between checkpoints: the one of step 20 is left behind
+assert run("resumed", resume=True).step == 40
 """
 
 
 def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
-    """Stop at step 20, resume to 40: bit-identical to 40 steps straight.
+    """Kill a run at step 25, resume it (from its step-20 checkpoint) to 40: bit-identical to 40 straight.
 
     Bitwise reproducibility needs a fixed order of the floating-point atomics, so this runs with one CPU
     thread (a parallel backend may sum gradients in another order from run to run).

@@ -29,7 +29,7 @@ KINDS = ("raw", "vq", "hash")
 def encode_direction(d: torch.Tensor, num_freqs: int = 4) -> torch.Tensor:
     """NeRF positional encoding of unit directions: d, sin(2^k d), cos(2^k d) -> (N, 3 + 6 num_freqs)."""
     freqs = 2.0 ** torch.arange(num_freqs, device=d.device, dtype=d.dtype)
-    scaled = (d[:, None, :] * freqs[:, None]).reshape(d.shape[0], -1)
+    scaled = (d[:, None, :] * freqs[:, None]).reshape(d.shape[0], 3 * num_freqs)
     return torch.cat([d, torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 

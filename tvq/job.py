@@ -63,7 +63,6 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
                 arch: str | None = None, eval_split: str = "test", log=_log) -> dict:
     """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes."""
     config.validate()
-    info = runtime.init(arch)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise TvqError(f"{out_dir}: exists and is not a folder")
@@ -73,6 +72,9 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
     views = scene.split(eval_split) or scene.split("val")
     if not views:
         raise TvqError(f"{scene_path}: no '{eval_split}' or 'val' views to evaluate on")
+    info = runtime.init(arch)
+    log(f"tvq: Taichi on {info.arch}; {scene.format} scene, {len(scene.split('train'))} training views "
+        f"of {scene.width}x{scene.height}")
     out_dir.mkdir(parents=True, exist_ok=True)
     device = runtime.device()
     if device.type == "cuda":

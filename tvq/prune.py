@@ -23,7 +23,7 @@ def cell_of_points(points: torch.Tensor, codes: torch.Tensor, level: int) -> tor
 
 
 @torch.no_grad()
-def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 15) -> torch.Tensor:
+def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 13) -> torch.Tensor:
     """Max rendering weight of each finest-level cell over ``num_rays`` random training rays."""
     from .ops import composite
     from .sampling import raymarch

@@ -50,7 +50,7 @@ def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor,
 
 @torch.no_grad()
 def render_image(field: RadianceField, K, c2w, width: int, height: int, lod: int, background: torch.Tensor,
-                 options: RenderOptions = RenderOptions(), chunk: int = 1 << 15) -> dict:
+                 options: RenderOptions = RenderOptions(), chunk: int = 1 << 13) -> dict:
     """Render a whole image in chunks of rays (so any resolution fits): colour (H, W, 3), opacity, depth."""
     from .data.rays import pixel_rays
 

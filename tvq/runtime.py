@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def init(arch: str | None = None, debug: bool | None = None) -> RuntimeInfo:
     if resolved == "cuda":
         # Taichi's own CUDA pool stays small: torch owns the GPU memory (kernels take torch tensors).
         extra["device_memory_GB"] = 0.5
-    with contextlib.redirect_stdout(sys.stderr):  # ti.init prints "Starting on arch=..." to stdout
+    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # ti.init prints its arch to stdout
         ti.init(
             arch=ti.cuda if resolved == "cuda" else ti.cpu,
             debug=debug,

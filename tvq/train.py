@@ -52,10 +52,11 @@ class TrainConfig:
     batch_rays: int = 1 << 14
     lr: float = 1e-3
     grid_lr_scale: float = 100.0
+    lr_decay: float = 0.1  # learning rate at the end of the budget, relative to the start (1: constant)
     samples_per_cell: int = 4
-    max_samples_per_ray: int = 1024
+    max_samples_per_ray: int = 256  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
-    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (500, 2000) for masks only
+    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (300, 1500) for masks only
     prune_threshold: float = 1e-3
     eval_every: int = 500
     eval_views: int = 4  # views of the test split rendered for the periodic check
@@ -75,6 +76,8 @@ class TrainConfig:
             raise TvqError(f"--octree must be auto, depth or masks, got {self.octree_from!r}")
         if self.iters < 1 and not self.minutes:
             raise TvqError("--iters must be at least 1")
+        if not 0 < self.lr_decay <= 1:
+            raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
 
@@ -235,6 +238,8 @@ class Trainer:
         config.validate()
         self.scene, self.config, self.out_dir, self.log = scene, config, Path(out_dir), log
         self.device = runtime.device()
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the decoder's matmuls: TF32 is ample for 8-bit images
         train_views = scene.split("train")
         if not train_views:
             raise TvqError(f"{scene.root}: the scene has no training views")
@@ -260,7 +265,7 @@ class Trainer:
             return
         octree, source = build_octree(self.scene, self.config, self.device, self.log)
         if self.config.prune_at is None:
-            self.config.prune_at = (500, 2000) if source == "masks" else ()
+            self.config.prune_at = (300, 1500) if source == "masks" else ()
         self.field = make_field(octree, self.config)
         self.optimizer = self._make_optimizer()
         self.log("octree: " + vertex_report(octree, self.field.grid.levels))
@@ -273,6 +278,7 @@ class Trainer:
                 {"params": list(self.field.decoder.parameters()), "lr": c.lr},
             ],
             eps=1e-15,
+            fused=self.device.type == "cuda",  # one kernel for all parameters instead of several per tensor
         )
 
     def _restore(self, ckpt: dict) -> None:
@@ -314,8 +320,24 @@ class Trainer:
 
     # -- one step --
 
+    def progress_fraction(self) -> float:
+        """How far through its budget (steps or minutes, whichever is nearer its end) the run is."""
+        c = self.config
+        done = self.step / c.iters
+        if c.minutes:
+            done = max(done, self.elapsed / (60 * c.minutes))
+        return min(done, 1.0)
+
+    def _set_learning_rate(self) -> None:
+        """Exponential decay from the recipe's rates to ``lr_decay`` times them at the end of the budget."""
+        c = self.config
+        factor = c.lr_decay ** self.progress_fraction()
+        self.optimizer.param_groups[0]["lr"] = c.lr * c.grid_lr_scale * factor
+        self.optimizer.param_groups[1]["lr"] = c.lr * factor
+
     def train_step(self) -> dict:
         c = self.config
+        self._set_learning_rate()
         lod = int(torch.multinomial(self.lod_probs, 1, generator=_cpu_generator(self.generator)).item())
         origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
         options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
