@@ -68,3 +68,24 @@ def write_json(path: str | Path, data: dict) -> None:
         json.dump(data, f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+
+
+def standalone_main(run: Callable[[str, bool], dict], description: str, small_help: str, argv=None) -> int:
+    """Command line of one benchmark module: ``--small``, ``--out PATH``, ``--arch``; prints the JSON."""
+    import argparse
+
+    from tvq import runtime
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--small", action="store_true", help=small_help)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--arch", default=None, help="auto | cuda | cpu")
+    args = parser.parse_args(argv)
+    info = runtime.init(args.arch)
+    results = {"arch": info.arch, "small": args.small, "torch": torch.__version__,
+               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results.update(run(str(runtime.device()), args.small))
+    if args.out:
+        write_json(args.out, results)
+    print(json.dumps(results, indent=2))
+    return 0

@@ -24,15 +24,14 @@ Targets on the GPU: forward+backward >= 10x faster than torch; vq_gather peak me
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 import torch.nn.functional as Fn
 
-from benchmarks._timing import device_name, peak_memory_bytes, time_ms, write_json
-from tvq import ops, runtime
+from benchmarks._timing import device_name, peak_memory_bytes, standalone_main, time_ms
+from tvq import ops
 from tvq.octree import CORNERS, SparseOctree, morton_decode, morton_encode
 
 
@@ -244,17 +243,7 @@ def run(device: str, small: bool) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--small", action="store_true", help="2^14 samples, levels 3..6 (CPU smoke run)")
-    parser.add_argument("--arch", default=None, help="auto | cuda | cpu")
-    args = parser.parse_args(argv)
-    info = runtime.init(args.arch)
-    results = {"arch": info.arch, "debug": info.debug, "small": args.small, "torch": torch.__version__,
-               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    results.update(run(str(runtime.device()), args.small))
-    write_json(args.out, results)
-    return 0
+    return standalone_main(run, __doc__.splitlines()[0], "2^14 samples, levels 3..6 (CPU smoke run)", argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ views of 200x200, level 7).
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
+
 import math
 
 import torch
 
-from benchmarks._timing import device_name, peak_memory_bytes, time_ms, write_json
+from benchmarks._timing import device_name, peak_memory_bytes, standalone_main, time_ms
 
 LEGO_ANGLE_X = 0.6911112070083618
 
@@ -164,18 +164,9 @@ def run(device: str, small: bool) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="10^5 points; 50 views of 200x200 at level 7")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    from tvq import runtime
-
-    results = run(str(runtime.device()), args.small)
-    if args.out:
-        write_json(args.out, results)
-    print(json.dumps(results, indent=2))
+def main(argv=None) -> int:
+    return standalone_main(run, __doc__.splitlines()[0], "10^5 points; 50 views of 200x200 at level 7", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

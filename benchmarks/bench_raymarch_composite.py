@@ -12,13 +12,13 @@ aimed from a sphere around the cube, with and without skipping empty blocks.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
+
 import math
 
 import torch
 
-from benchmarks._timing import device_name, peak_memory_bytes, time_ms, write_json
+from benchmarks._timing import device_name, peak_memory_bytes, standalone_main, time_ms
 
 
 def composite_torch(sigma, rgb, t, dt, ray_ids, ray_offsets, background):
@@ -165,18 +165,9 @@ def run(device: str, small: bool) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="small sizes (CPU, CI)")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
-    from tvq import runtime
-
-    results = run(str(runtime.device()), args.small)
-    if args.out:
-        write_json(args.out, results)
-    print(json.dumps(results, indent=2))
+def main(argv=None) -> int:
+    return standalone_main(run, __doc__.splitlines()[0], "small sizes (CPU, CI)", argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
