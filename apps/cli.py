@@ -122,7 +122,7 @@ def train_cmd(
 def demo_cmd(
     out: Path = typer.Option(Path("tvq-demo"), "--out", "-o", help="Folder for the demo scene and the trained model."),
     bits: int = typer.Option(4, "--bits", help="Index bitwidth of the VQ model (0: raw features)."),
-    iters: int = typer.Option(600, "--iters", help="Training steps."),
+    iters: int = typer.Option(1500, "--iters", help="Training steps."),
     arch: Optional[str] = ArchOption,
 ) -> None:
     """Make the built-in scene (if needed), train a small VQ model on it, evaluate, print a table."""

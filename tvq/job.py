@@ -135,14 +135,14 @@ def format_table(metrics: dict) -> str:
 DEMO_CONFIG = dict(max_level=6, num_lods=3, batch_rays=2048, samples_per_cell=2, eval_every=0)
 
 
-def demo(out: Path, bits: int = 4, iters: int = 600, arch: str | None = None, echo=print) -> dict:
+def demo(out: Path, bits: int = 4, iters: int = 1500, arch: str | None = None, echo=print) -> dict:
     """Make the built-in scene under ``out/scene`` (once), train a small model on it, print a table."""
     from .data.synthetic import make_scene
 
     out = Path(out)
     scene_dir = out / "scene"
     if not (scene_dir / "transforms_train.json").is_file():
-        make_scene(scene_dir, size=64, n_train=32, n_val=4, n_test=4, seed=0)
+        make_scene(scene_dir, size=96, n_train=40, n_val=4, n_test=4, seed=0)
         echo(f"built-in scene written to {scene_dir}")
     model_dir = out / f"model-bits{bits}"
     resume = (model_dir / "checkpoint.pt").is_file()
