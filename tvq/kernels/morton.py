@@ -30,8 +30,8 @@ def morton3(x: ti.i64, y: ti.i64, z: ti.i64) -> ti.i64:
 
 
 @ti.func
-def find_code(codes: ti.template(), lo: ti.i64, hi: ti.i64, code: ti.i64) -> ti.i64:
-    """Index of ``code`` in the sorted slice codes[lo:hi], or -1 when it is absent."""
+def lower_bound(codes: ti.template(), lo: ti.i64, hi: ti.i64, code: ti.i64) -> ti.i64:
+    """First index in the sorted slice codes[lo:hi] whose value is >= ``code`` (``hi`` when none is)."""
     a = lo
     b = hi
     while a < b:
@@ -40,6 +40,13 @@ def find_code(codes: ti.template(), lo: ti.i64, hi: ti.i64, code: ti.i64) -> ti.
             a = mid + 1
         else:
             b = mid
+    return a
+
+
+@ti.func
+def find_code(codes: ti.template(), lo: ti.i64, hi: ti.i64, code: ti.i64) -> ti.i64:
+    """Index of ``code`` in the sorted slice codes[lo:hi], or -1 when it is absent."""
+    a = lower_bound(codes, lo, hi, code)
     found = ti.i64(-1)
     if a < hi:
         if codes[a] == code:

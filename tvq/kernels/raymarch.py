@@ -32,7 +32,7 @@ import functools
 import taichi as ti
 
 from .launch import lean
-from .morton import morton3
+from .morton import lower_bound, morton3
 
 _BIG = 3.0e38  # "no boundary along this axis" (the direction component is zero)
 
@@ -109,15 +109,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
             while t < t_out and count < budget and it < 3 * res + 3:
                 it += 1
                 code = morton3(ti.i64(ijk[0]), ti.i64(ijk[1]), ti.i64(ijk[2]))
-                # lower bound of code in the sorted codes
-                lo = ti.i64(0)
-                hi = num_codes
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if codes[mid] < code:
-                        lo = mid + 1
-                    else:
-                        hi = mid
+                lo = lower_bound(codes, ti.i64(0), num_codes, code)
                 occupied = False
                 if lo < num_codes:  # (Taichi's `and` does not short-circuit)
                     occupied = codes[lo] == code
