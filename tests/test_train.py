@@ -128,3 +128,30 @@ def test_cli_train_bad_inputs(tmp_path):
     bad_bits = subprocess.run([sys.executable, "-m", "tvq.apps.cli", "train", str(tmp_path), "--out",
                                str(tmp_path / "out"), "--bits", "-3"], capture_output=True, text=True)
     assert bad_bits.returncode == 2 and "--bits" in bad_bits.stderr
+
+
+def test_pruning_keeps_parameters_and_adam_state_of_surviving_vertices(tiny_scene, tmp_path):
+    runtime.init()
+    trainer = Trainer(tiny_scene, TrainConfig(bits=4, iters=15, seed=2, **TINY), tmp_path)
+    trainer.setup()
+    trainer.fit()
+    old_grid, old_opt = trainer.field.grid, trainer.optimizer
+    old_rows = {}  # (level, vertex code) -> (logits row, Adam exp_avg row)
+    exp_avg = old_opt.state[old_grid.logits]["exp_avg"]
+    for k, level in enumerate(old_grid.levels):
+        start = int(old_grid.flat.vertex_start[k])
+        for i, code in enumerate(old_grid.octree.vertices[level].tolist()):
+            old_rows[level, code] = (old_grid.logits[start + i].detach().clone(), exp_avg[start + i].clone())
+    codebooks = old_grid.codebooks.detach().clone()
+    trainer.config.prune_threshold = 0.05  # high enough to drop cells of this barely trained field
+    trainer.prune()
+    new_grid = trainer.field.grid
+    assert new_grid.flat.num_vertices < old_grid.flat.num_vertices
+    new_avg = trainer.optimizer.state[new_grid.logits]["exp_avg"]
+    for k, level in enumerate(new_grid.levels):
+        start = int(new_grid.flat.vertex_start[k])
+        for i, code in enumerate(new_grid.octree.vertices[level].tolist()):
+            logits_row, avg_row = old_rows[level, code]
+            assert torch.equal(new_grid.logits[start + i].detach(), logits_row)
+            assert torch.equal(new_avg[start + i], avg_row)
+    assert torch.equal(new_grid.codebooks.detach(), codebooks)

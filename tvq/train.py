@@ -389,29 +389,28 @@ class Trainer:
             rows.append(torch.searchsorted(old_codes, new_codes) + int(old_grid.flat.vertex_start[k]))
         rows = torch.cat(rows)
         new_grid = new_field.grid
+        row_params = {"features", "logits"}  # one row per vertex; codebooks and the decoder are kept whole
+        old_by_id = {id(p): name for name, p in old_grid.named_parameters()}
         for name, new_param in new_grid.named_parameters():
             old_param = getattr(old_grid, name)
-            mapped = old_param.data[rows] if old_param.shape[0] == old_grid.flat.num_vertices else old_param.data
-            new_param.data.copy_(mapped)
+            new_param.data.copy_(old_param.data[rows] if name in row_params else old_param.data)
         if new_grid.kind == "hash":
             new_grid.indices.copy_(old_grid.indices[rows])
         self.field = new_field
         self.optimizer = self._make_optimizer()
-        # Carry Adam's moments over, re-indexed the same way.
+        # Carry Adam's moments over, re-indexed the same way (both optimisers list parameters in one order).
         old_params = [p for g in old_opt.param_groups for p in g["params"]]
         new_params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for old_p, new_p in zip(old_params, new_params):
             state = old_opt.state.get(old_p)
             if not state:
                 continue
-            new_state = {}
-            for key, value in state.items():
-                if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_p.shape \
-                        and old_p.shape[0] == old_grid.flat.num_vertices:
-                    new_state[key] = value[rows].clone()
-                else:
-                    new_state[key] = value.clone() if torch.is_tensor(value) else value
-            self.optimizer.state[new_p] = new_state
+            by_row = old_by_id.get(id(old_p)) in row_params
+            self.optimizer.state[new_p] = {
+                key: (value[rows].clone() if by_row and torch.is_tensor(value) and value.dim() > 0
+                      else value.clone() if torch.is_tensor(value) else value)
+                for key, value in state.items()
+            }
 
     # -- the loop --
 
