@@ -52,7 +52,9 @@ class _Progress:
         tick = trainer.step * 20 // self.total
         if tick != self.last_line:
             self.last_line = tick
-            _log(f"step {trainer.step}/{self.total}  {info}")
+            fraction = max(trainer.progress_fraction(), 1e-9)
+            eta = trainer.elapsed * (1 - fraction) / fraction
+            _log(f"step {trainer.step}/{self.total}  {info}  eta {eta:.0f} s")
 
     def close(self) -> None:
         if self.rich is not None:
