@@ -117,6 +117,21 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
         TrainConfig(bits=0, hash=True).validate()
     with pytest.raises(TvqError, match="--num-lods"):
         TrainConfig(max_level=3, num_lods=6).validate()
+    with pytest.raises(TvqError, match="--iters"):
+        TrainConfig(iters=0, minutes=5).validate()
+    for minutes in (0, -1):
+        with pytest.raises(TvqError, match="--minutes"):
+            TrainConfig(minutes=minutes).validate()
+
+
+def test_resume_refuses_other_data(tiny_scene, tmp_path):
+    runtime.init()
+    first = Trainer(tiny_scene, TrainConfig(bits=0, iters=3, seed=0, **TINY), tmp_path)
+    first.setup()
+    first.fit()
+    other = load_scene(tiny_scene.root, downscale=2)
+    with pytest.raises(TvqError, match="downscale"):
+        Trainer(other, TrainConfig(bits=0, iters=6, seed=0, **TINY), tmp_path).setup(resume=True)
 
 
 def test_cli_train_bad_inputs(tmp_path):

@@ -20,22 +20,33 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def write_png(path: Path, image: torch.Tensor) -> None:
-    """Write a PNG atomically (temp file, then rename)."""
+def _atomic_write(path: Path, suffix: str, write) -> None:
+    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=suffix)
     os.close(fd)
-    iio.imwrite(tmp, to_uint8(image))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_png(path: Path, image: torch.Tensor) -> None:
+    _atomic_write(path, ".png", lambda tmp: iio.imwrite(tmp, to_uint8(image)))
 
 
 def write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    _atomic_write(path, ".tmp", write)
 
 
 @torch.no_grad()

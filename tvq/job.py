@@ -167,9 +167,11 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
 
     runtime.init(arch)
     out = Path(out)
-    suffix = out.suffix.lower()
+    suffix = "" if out.is_dir() else out.suffix.lower()
     if suffix not in ("", ".gif", ".mp4"):
         raise TvqError(f"{out}: --out must be a folder, a .gif or a .mp4 file")
+    if not suffix and out.exists() and not out.is_dir():
+        raise TvqError(f"{out}: exists and is not a folder")
     device = runtime.device()
     ckpt = load_checkpoint(checkpoint)
     field = field_from_checkpoint(ckpt, device).eval()
@@ -194,6 +196,9 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
         else:
             write_png(out / f"frame_{k:04d}.png", image)
     if not suffix:
+        for stale in out.glob("frame_*.png"):  # frames of an earlier, longer orbit
+            if not stale.stem[6:].isdigit() or int(stale.stem[6:]) >= frames:
+                stale.unlink()
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name("." + out.name + ".tmp" + suffix)
@@ -204,8 +209,8 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
             try:
                 iio.imwrite(tmp, np.stack(images), fps=fps, codec="libx264")
             except Exception as err:
-                raise TvqError(f"{out}: cannot write MP4 here ({type(err).__name__}); "
-                               "install imageio-ffmpeg or write a .gif or a folder of PNGs") from None
+                raise TvqError(f"{out}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
+                               "write a .gif or a folder of PNGs") from None
         tmp.replace(out)
     finally:
         if tmp.exists():

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,8 +76,10 @@ class TrainConfig:
             raise TvqError(f"--num-lods must be in 1..{self.max_level + 1}, got {self.num_lods}")
         if self.octree_from not in ("auto", "depth", "masks"):
             raise TvqError(f"--octree must be auto, depth or masks, got {self.octree_from!r}")
-        if self.iters < 1 and not self.minutes:
-            raise TvqError("--iters must be at least 1")
+        if self.iters < 1:
+            raise TvqError(f"--iters must be at least 1 (with --minutes it is the cap), got {self.iters}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise TvqError(f"--minutes must be positive, got {self.minutes}")
         if not 0 < self.lr_decay <= 1:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.batch_rays < 1:
@@ -243,6 +247,10 @@ class Trainer:
         train_views = scene.split("train")
         if not train_views:
             raise TvqError(f"{scene.root}: the scene has no training views")
+        sizes = sorted({(v.width, v.height) for v in train_views})
+        if len(sizes) > 1:
+            raise TvqError(f"{scene.root}: training views differ in size ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
+                           "tvq needs one image size per scene")
         self.data = RayData.from_views(train_views, scene.background, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.lod_probs = lod_probabilities(config.num_lods)
@@ -290,6 +298,15 @@ class Trainer:
                                f"the command asks for {getattr(self.config, key)}")
         if self.config.prune_at is None:
             self.config.prune_at = saved.prune_at
+        cams = ckpt["cameras"]
+        size = (int(self.data.images.shape[2]), int(self.data.images.shape[1]))
+        if (cams["width"], cams["height"]) != size or cams["c2ws"].shape[0] != self.data.c2ws.shape[0]:
+            raise TvqError(f"{self.checkpoint_path}: trained on {cams['c2ws'].shape[0]} views of "
+                           f"{cams['width']}x{cams['height']}, but this scene has {self.data.c2ws.shape[0]} of "
+                           f"{size[0]}x{size[1]} (another scene or --downscale?)")
+        trained_on = ckpt.get("device_type", "cpu")
+        if trained_on != self.device.type:
+            raise TvqError(f"{self.checkpoint_path}: trained with arch {trained_on}; resume it with --arch {trained_on}")
         self.field = field_from_checkpoint(ckpt, self.device)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -311,6 +328,7 @@ class Trainer:
                 "field": self.field.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
+                "device_type": self.device.type,  # the generator state belongs to this device's generator
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "history": self.history,
@@ -419,7 +437,29 @@ class Trainer:
         c = self.config
         budget_s = c.minutes * 60 if c.minutes else None
         stats = {"rays": 0, "samples": 0, "t0": time.perf_counter(), "loss_sum": 0.0, "n": 0}
-        last_good_save = self.step
+        self._last_save = self.step
+        self._interrupted = False
+        # Ctrl-C finishes the step in flight, so the checkpoint it leaves is a consistent state.
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, lambda *_: setattr(self, "_interrupted", True))
+        try:
+            self._loop(c, budget_s, stats, progress, evaluate)
+            if self._interrupted:
+                raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if self.step > 0:
+                self.save_checkpoint()  # an interrupted run continues from here with --resume
+                self.log(f"interrupted at step {self.step}; checkpoint saved to {self.checkpoint_path}")
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self._last_save != self.step:
+            self.save_checkpoint()
+        return {"step": self.step, "elapsed": self.elapsed}
+
+    def _loop(self, c: TrainConfig, budget_s, stats: dict, progress, evaluate) -> None:
         while self.step < c.iters and (budget_s is None or self.elapsed < budget_s):
             t0 = time.perf_counter()
             out = self.train_step()
@@ -439,14 +479,13 @@ class Trainer:
                 self.history.append({"step": self.step, "elapsed": self.elapsed, **evaluate(self)})
             if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
-                last_good_save = self.step
+                self._last_save = self.step
             if progress is not None:
                 wall = max(time.perf_counter() - stats["t0"], 1e-9)
                 progress(self, {"loss": loss, "psnr": mse_to_psnr(loss), "rays_per_s": stats["rays"] / wall,
                                 "samples_per_s": stats["samples"] / wall})
-        if last_good_save != self.step:
-            self.save_checkpoint()
-        return {"step": self.step, "elapsed": self.elapsed}
+            if self._interrupted:
+                return
 
 
 def _cpu_generator(gen: torch.Generator) -> torch.Generator:
