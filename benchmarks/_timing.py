@@ -6,12 +6,12 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
+
+from tvq.atomic import write_json  # noqa: F401  (the benchmarks' JSON writer)
 
 
 def sync(device: torch.device | str) -> None:
@@ -57,17 +57,6 @@ def device_name(device) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name()
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def standalone_main(run: Callable[[str, bool], dict], description: str, small_help: str, argv=None) -> int:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .field import RadianceField
 from .metrics import psnr, ssim
 from .render import RenderOptions, render_image
@@ -20,33 +18,8 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def _atomic_write(path: Path, suffix: str, write) -> None:
-    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_png(path: Path, image: torch.Tensor) -> None:
-    _atomic_write(path, ".png", lambda tmp: iio.imwrite(tmp, to_uint8(image)))
-
-
-def write_json(path: Path, data) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    _atomic_write(path, ".tmp", write)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, to_uint8(image)), suffix=".png")
 
 
 @torch.no_grad()

@@ -14,7 +14,8 @@ import torch
 from . import runtime
 from .data import load_scene
 from .errors import TvqError
-from .eval import evaluate, write_json
+from .atomic import atomic_write, write_json
+from .eval import evaluate
 from .render import RenderOptions
 from .train import TrainConfig, Trainer, vertex_report
 
@@ -200,19 +201,17 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
             if not stale.stem[6:].isdigit() or int(stale.stem[6:]) >= frames:
                 stale.unlink()
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("." + out.name + ".tmp" + suffix)
-    try:
+    frames_array = np.stack(images)
+
+    def write(tmp: str) -> None:
         if suffix == ".gif":
-            iio.imwrite(tmp, np.stack(images), duration=1000 / fps, loop=0)
-        else:
-            try:
-                iio.imwrite(tmp, np.stack(images), fps=fps, codec="libx264")
-            except Exception as err:
-                raise TvqError(f"{out}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
-                               "write a .gif or a folder of PNGs") from None
-        tmp.replace(out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+            iio.imwrite(tmp, frames_array, duration=1000 / fps, loop=0)
+            return
+        try:
+            iio.imwrite(tmp, frames_array, fps=fps, codec="libx264")
+        except Exception as err:
+            raise TvqError(f"{out}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
+                           "write a .gif or a folder of PNGs") from None
+
+    atomic_write(out, write, suffix=suffix)
     return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 
 from . import runtime
 from .data.rays import rays_for_views
+from .atomic import atomic_write
 from .data.scene import Scene
 from .errors import TvqError
 from .field import Decoder, FeatureOctree, RadianceField
@@ -173,19 +173,14 @@ def vertex_report(octree: SparseOctree, levels) -> str:
 
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def make_field(octree: SparseOctree, config: TrainConfig) -> RadianceField:
@@ -436,7 +431,7 @@ class Trainer:
         """Train until ``iters`` steps or ``minutes`` of training time; returns a summary."""
         c = self.config
         budget_s = c.minutes * 60 if c.minutes else None
-        stats = {"rays": 0, "samples": 0, "t0": time.perf_counter(), "loss_sum": 0.0, "n": 0}
+        stats = {"rays": 0, "samples": 0, "t0": time.perf_counter()}
         self._last_save = self.step
         self._interrupted = False
         # Ctrl-C finishes the step in flight, so the checkpoint it leaves is a consistent state.
@@ -469,8 +464,6 @@ class Trainer:
             self._check_finite(loss)
             stats["rays"] += c.batch_rays
             stats["samples"] += out["samples"]
-            stats["loss_sum"] += loss
-            stats["n"] += 1
             if self.step in (c.prune_at or ()):
                 t0 = time.perf_counter()
                 self.prune()
