@@ -96,6 +96,8 @@ def train_cmd(
     batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
     lr_decay: float = typer.Option(0.1, "--lr-decay", help="Final learning rate relative to the start "
                                    "(exponential decay over the budget; 1 keeps it constant)."),
+    vq_warmup: float = typer.Option(0.0, "--vq-warmup", help="With --bits: fraction of the budget trained with raw "
+                                    "features before k-means codebooks take over (0: VQ from the start)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
     octree: str = typer.Option("auto", "--octree", help="Octree source: auto (depth if present), depth or masks."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
@@ -111,7 +113,7 @@ def train_cmd(
 
     steps = _parse_steps(prune_at) if prune_at else None
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
-                         batch_rays=batch_rays, lr_decay=lr_decay, samples_per_cell=samples_per_cell, octree_from=octree,
+                         batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell, octree_from=octree,
                          prune_at=steps, eval_every=eval_every, seed=seed)
     metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=arch)
     typer.echo(format_table(metrics))

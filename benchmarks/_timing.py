@@ -26,7 +26,9 @@ def sync(device: torch.device | str) -> None:
 
 
 def time_ms(fn: Callable[[], object], device, warmup: int = 3, iters: int = 10) -> dict:
-    """Median and min wall time of fn() in milliseconds, synchronising the device around each call."""
+    """Median and min wall time of fn() in milliseconds, synchronising the device around each call; and
+    ``back_to_back_ms``, the mean over ``iters`` calls queued one after another with one final sync (what a
+    training loop sees: no per-call sync latency, but all host overhead the GPU cannot hide)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -37,7 +39,33 @@ def time_ms(fn: Callable[[], object], device, warmup: int = 3, iters: int = 10) 
         fn()
         sync(device)
         times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "iters": iters}
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    back_to_back = (time.perf_counter() - start) * 1e3 / iters
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "back_to_back_ms": back_to_back,
+            "iters": iters}
+
+
+def gpu_kernel_ms(fn: Callable[[], object], device, iters: int = 10) -> float | None:
+    """GPU time of the kernels fn() launches (torch's and Taichi's alike, from the CUDA profiler), per call;
+    None on the CPU. Separates device work from host overhead."""
+    if torch.device(device).type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        sync(device)
+    # the profiler's "Self CUDA" column: kernel time, each kernel counted once
+    total_us = sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                   for e in prof.key_averages())
+    return total_us / iters / 1e3 if total_us > 0 else None
 
 
 def peak_memory_bytes(fn: Callable[[], object], device) -> int | None:

@@ -1,9 +1,9 @@
 """Ray marching and compositing: the Taichi kernels against a vectorised pure-torch compositor.
 
 Compositing: 2^20 samples over 2^16 rays (``--small``: 2^14 over 2^10), a Poisson-like number of samples
-per ray, forward and forward+backward wall time and peak memory for ``tvq.ops.composite`` and for the
-nerfacc-style torch version (per-ray exclusive prefix sums of tau from one global cumsum, segment sums with
-``index_add_``, autograd backward). Ray marching: rays/s through a lego-like octree (a surface shell of
+per ray, forward and forward+backward wall time (each call synced, and back to back), GPU kernel time and
+peak memory for ``tvq.ops.composite`` and for the nerfacc-style torch version (per-ray exclusive prefix
+sums of tau from one global cumsum, segment sums with ``index_add_``, autograd backward). Ray marching: rays/s through a lego-like octree (a surface shell of
 boxes and a sphere, level 8, about 10^5 cells; ``--small``: level 7) with 2^16 rays (``--small``: 2^10),
 aimed from a sphere around the cube, with and without skipping empty blocks.
 
@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from benchmarks._timing import device_name, peak_memory_bytes, standalone_main, time_ms
+from benchmarks._timing import device_name, gpu_kernel_ms, peak_memory_bytes, standalone_main, time_ms
 
 
 def composite_torch(sigma, rgb, t, dt, ray_ids, ray_offsets, background):
@@ -80,6 +80,7 @@ def bench_composite(device, num_rays: int, num_samples: int) -> dict:
             "forward": time_ms(forward, device),
             "forward_backward": time_ms(step(forward), device),
             "peak_bytes_forward_backward": peak_memory_bytes(step(forward), device),
+            "gpu_kernel_ms_forward_backward": gpu_kernel_ms(step(forward), device),
         }
     a, b = taichi_forward(), torch_forward()
     ga, gb = step(taichi_forward)(), step(torch_forward)()
@@ -91,6 +92,11 @@ def bench_composite(device, num_rays: int, num_samples: int) -> dict:
     for phase in ("forward", "forward_backward"):
         results[f"speedup_{phase}"] = (results["torch"][phase]["median_ms"]
                                        / results["taichi"][phase]["median_ms"])
+        results[f"speedup_{phase}_back_to_back"] = (results["torch"][phase]["back_to_back_ms"]
+                                                    / results["taichi"][phase]["back_to_back_ms"])
+    kernel_ms = [results[n]["gpu_kernel_ms_forward_backward"] for n in ("torch", "taichi")]
+    if None not in kernel_ms:  # CUDA only
+        results["speedup_forward_backward_gpu_kernels"] = kernel_ms[0] / kernel_ms[1]
     return results
 
 

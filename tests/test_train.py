@@ -55,8 +55,9 @@ runtime.init("cpu")
 from tvq.data import load_scene
 from tvq.train import TrainConfig, Trainer
 scene, out = load_scene(sys.argv[1]), sys.argv[2]
-# Prune at step 10 too, so the resumed run must restore a rebuilt octree and remapped Adam state.
-cfg = dict(bits=4, seed=1, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
+# Prune at step 10 too, so the resumed run must restore a rebuilt octree and remapped Adam state; the VQ
+# warm start ends at step 24, so the resumed run restores raw features (step 20) and quantises them itself.
+cfg = dict(bits=4, seed=1, vq_warmup=0.6, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
            samples_per_cell=2, eval_every=0, checkpoint_every=10, iters=40)
 def run(name, resume=False, kill_at=None):
     trainer = Trainer(scene, TrainConfig(**cfg), f"{out}/{name}", log=lambda *a: None)
@@ -88,6 +89,7 @@ def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
     step_a, field_a, leaves_a = _state(tmp_path / "straight" / "checkpoint.pt")
     step_b, field_b, leaves_b = _state(tmp_path / "resumed" / "checkpoint.pt")
     assert step_a == step_b == 40
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["grid_kind"] == "vq"
     assert torch.equal(leaves_a, leaves_b)
     for name in field_a:
         assert torch.equal(field_a[name], field_b[name]), name
@@ -170,3 +172,21 @@ def test_pruning_keeps_parameters_and_adam_state_of_surviving_vertices(tiny_scen
             assert torch.equal(new_grid.logits[start + i].detach(), logits_row)
             assert torch.equal(new_avg[start + i], avg_row)
     assert torch.equal(new_grid.codebooks.detach(), codebooks)
+
+
+def test_vq_warm_start_trains_raw_then_quantises(tiny_scene, tmp_path):
+    runtime.init()
+    logs = []
+    config = TrainConfig(bits=3, iters=20, vq_warmup=0.5, seed=0, **{**TINY, "eval_every": 5})
+    trainer = Trainer(tiny_scene, config, tmp_path, log=logs.append)
+    trainer.setup()
+    assert trainer.field.grid.kind == "raw" and trainer.warming_up
+    trainer.fit(evaluate=lambda t: {"psnr": 0.0})
+    assert trainer.field.grid.kind == "vq" and not trainer.warming_up
+    assert [h["grid"] for h in trainer.history] == ["raw", "vq", "vq", "vq"]  # quantised at step 10
+    assert any("quantised" in line for line in logs)
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["grid_kind"] == "vq" and "logits" in "".join(ckpt["field"])
+    # the decoder's Adam state survived the switch (its step count runs on from the warm start)
+    decoder_param = next(trainer.field.decoder.parameters())
+    assert int(trainer.optimizer.state[decoder_param]["step"]) == 20

@@ -79,6 +79,33 @@ class FeatureOctree(nn.Module):
                 idx = torch.randint(0, codes, (num_vertices,), generator=gen) + level_of_vertex * codes
                 self.register_buffer("indices", idx.to(torch.int32).to(device))
 
+    @classmethod
+    @torch.no_grad()
+    def quantized_from(cls, raw: "FeatureOctree", bits: int, seed: int = 0, logit_gap: float = 2.0) -> "FeatureOctree":
+        """A VQ grid that starts where trained raw features are: per level, the codebook is the k-means
+        centroids of that level's features, and each vertex's logits are its negative squared distances to
+        the centroids, scaled so that the median gap between the nearest and the second-nearest code is
+        ``logit_gap`` (the hard code is the nearest centroid; the index can still move under training)."""
+        from .kmeans import kmeans, squared_distances
+
+        if raw.kind != "raw":
+            raise ValueError("quantized_from takes a grid of raw features")
+        grid = cls(raw.octree, num_lods=raw.num_lods, feature_dim=raw.feature_dim, kind="vq", bits=bits, seed=seed)
+        codes = 1 << bits
+        starts = raw.flat.vertex_start.tolist()
+        for k, count in enumerate(raw.flat.vertex_counts()):
+            rows = slice(int(starts[k]), int(starts[k]) + count)
+            features = raw.features[rows]
+            centroids, _ = kmeans(features, codes, seed=seed + k)
+            grid.codebooks[k * codes:(k + 1) * codes] = centroids
+            logits = grid.logits[rows]
+            for s in range(0, count, 1 << 16):
+                logits[s:s + (1 << 16)] = -squared_distances(features[s:s + (1 << 16)].float(), centroids)
+            top2 = logits.topk(min(2, codes), dim=1).values
+            gap = (top2[:, 0] - top2[:, -1]).median() if codes > 1 else logits.new_tensor(1.0)
+            logits.mul_(logit_gap / max(float(gap), 1e-12))
+        return grid
+
     def grid_parameters(self) -> list[nn.Parameter]:
         """The parameters trained at the grid learning rate (features, codebooks, logits)."""
         return [p for p in self.parameters()]

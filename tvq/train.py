@@ -4,6 +4,11 @@ Recipe (paper defaults): Adam with lr 1e-3, the grid (features, codebooks, index
 step draws ``batch_rays`` rays uniformly over all training pixels and one LOD, each finer LOD twice as
 likely as the one before; MSE loss in sRGB against images composited on the scene background.
 
+VQ warm start (``vq_warmup``, a fraction of the budget): a VQ run first trains raw features, then each
+level's codebook becomes the k-means centroids of its features and each vertex's index logits its
+negative distances to them (``FeatureOctree.quantized_from``); training goes on end to end from there, so
+the learned indices start from a good assignment instead of a random one. 0 trains VQ from the start.
+
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
 ``prune_at`` steps the trainer renders the training rays, keeps the finest cells whose rendering weight
@@ -55,6 +60,7 @@ class TrainConfig:
     lr: float = 1e-3
     grid_lr_scale: float = 100.0
     lr_decay: float = 0.1  # learning rate at the end of the budget, relative to the start (1: constant)
+    vq_warmup: float = 0.0  # VQ: fraction of the budget trained with raw features before k-means codebooks
     samples_per_cell: int = 4
     max_samples_per_ray: int = 256  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
@@ -82,6 +88,8 @@ class TrainConfig:
             raise TvqError(f"--minutes must be positive, got {self.minutes}")
         if not 0 < self.lr_decay <= 1:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
+        if not 0 <= self.vq_warmup < 1:
+            raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
 
@@ -183,9 +191,11 @@ def atomic_save(obj, path: Path) -> None:
     atomic_write(path, write)
 
 
-def make_field(octree: SparseOctree, config: TrainConfig) -> RadianceField:
-    grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=config.kind,
-                         bits=config.bits, seed=config.seed)
+def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = None) -> RadianceField:
+    """A fresh field for ``config``; ``kind`` overrides the grid kind (raw features during a VQ warm start)."""
+    kind = kind or config.kind
+    grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=kind,
+                         bits=0 if kind == "raw" else config.bits, seed=config.seed)
     torch.manual_seed(config.seed)
     return RadianceField(grid, Decoder(config.feature_dim)).to(octree.device)
 
@@ -218,7 +228,7 @@ def load_checkpoint(path: Path, device=None) -> dict:
 def field_from_checkpoint(ckpt: dict, device) -> RadianceField:
     config = TrainConfig(**ckpt["config"])
     octree = octree_from_state(ckpt["octree"], device)
-    field_ = make_field(octree, config)
+    field_ = make_field(octree, config, kind=ckpt.get("grid_kind"))
     field_.load_state_dict(ckpt["field"])
     return field_
 
@@ -269,7 +279,8 @@ class Trainer:
         octree, source = build_octree(self.scene, self.config, self.device, self.log)
         if self.config.prune_at is None:
             self.config.prune_at = (300, 1500) if source == "masks" else ()
-        self.field = make_field(octree, self.config)
+        warm_start = self.config.kind == "vq" and self.config.vq_warmup > 0
+        self.field = make_field(octree, self.config, kind="raw" if warm_start else None)
         self.optimizer = self._make_optimizer()
         self.log("octree: " + vertex_report(octree, self.field.grid.levels))
 
@@ -321,6 +332,7 @@ class Trainer:
                             "height": int(self.data.images.shape[1]), "c2ws": self.data.c2ws.cpu()},
                 "octree": octree_state(self.field.octree),
                 "field": self.field.state_dict(),
+                "grid_kind": self.field.grid.kind,  # raw while a VQ run is still in its warm start
                 "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(),
                 "device_type": self.device.type,  # the generator state belongs to this device's generator
@@ -392,7 +404,7 @@ class Trainer:
         """Move parameters and Adam moments onto the (subset) vertices of a pruned octree."""
         old_field, old_opt = self.field, self.optimizer
         old_grid = old_field.grid
-        new_field = make_field(new_octree, self.config)
+        new_field = make_field(new_octree, self.config, kind=old_grid.kind)
         new_field.decoder.load_state_dict(old_field.decoder.state_dict())
         # Row map: each new vertex's row in the old table (vertices of kept cells were vertices before).
         rows = []
@@ -425,6 +437,26 @@ class Trainer:
                 for key, value in state.items()
             }
 
+    # -- the VQ warm start --
+
+    @property
+    def warming_up(self) -> bool:
+        """A VQ run still training raw features (its codebooks come from them at ``vq_warmup``)."""
+        return self.config.kind == "vq" and self.field.grid.kind == "raw"
+
+    @torch.no_grad()
+    def quantize(self) -> None:
+        """Replace the raw features by k-means codebooks and distance logits; the decoder and its Adam
+        state carry on unchanged."""
+        old_field, old_opt = self.field, self.optimizer
+        grid = FeatureOctree.quantized_from(old_field.grid, self.config.bits, seed=self.config.seed)
+        self.field = RadianceField(grid, old_field.decoder)
+        self.optimizer = self._make_optimizer()
+        for p in self.field.decoder.parameters():
+            if p in old_opt.state:
+                self.optimizer.state[p] = old_opt.state[p]
+        self.log(f"step {self.step}: raw features quantised to {1 << self.config.bits} codes per level (k-means)")
+
     # -- the loop --
 
     def fit(self, progress=None, evaluate=None) -> dict:
@@ -442,6 +474,11 @@ class Trainer:
             self._loop(c, budget_s, stats, progress, evaluate)
             if self._interrupted:
                 raise KeyboardInterrupt
+            if self.warming_up:  # a budget shorter than the warm start still ends with a VQ model
+                t0 = time.perf_counter()
+                self.quantize()
+                self.elapsed += time.perf_counter() - t0
+                self._last_save = -1
         except KeyboardInterrupt:
             if self.step > 0:
                 self.save_checkpoint()  # an interrupted run continues from here with --resume
@@ -468,8 +505,13 @@ class Trainer:
                 t0 = time.perf_counter()
                 self.prune()
                 self.elapsed += time.perf_counter() - t0
+            if self.warming_up and self.progress_fraction() >= c.vq_warmup:
+                t0 = time.perf_counter()
+                self.quantize()
+                self.elapsed += time.perf_counter() - t0
             if evaluate is not None and c.eval_every and self.step % c.eval_every == 0:
-                self.history.append({"step": self.step, "elapsed": self.elapsed, **evaluate(self)})
+                self.history.append({"step": self.step, "elapsed": self.elapsed, "grid": self.field.grid.kind,
+                                     **evaluate(self)})
             if c.checkpoint_every and self.step % c.checkpoint_every == 0:
                 self.save_checkpoint()
                 self._last_save = self.step

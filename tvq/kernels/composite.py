@@ -46,6 +46,9 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
     arr1 = ti.types.ndarray(dtype=real, ndim=1)
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
     offsets_t = ti.types.ndarray(dtype=ti.i64, ndim=1)
+    # one 16-byte store per sample: a warp's stores land 16 samples apart, so four scalar stores per
+    # sample would each touch 32 partly written sectors
+    vec4_arr = ti.types.ndarray(dtype=ti.types.vector(4, real), ndim=1)
 
     @ti.kernel
     def forward(
@@ -84,7 +87,7 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
     @ti.kernel
     def backward(
         sigma: arr1, rgb: arr2, t: arr1, dt: arr1, offsets: offsets_t, eps: real, out: arr2, grad: arr2,
-        grad_in: arr2,
+        grad_in: vec4_arr,
     ):
         for r in range(offsets.shape[0] - 1):
             start = offsets[r]
@@ -107,16 +110,13 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
                 suffix -= w * c
                 suffix_depth -= w * t[i]
                 dtau = g_colour.dot(trans_next * c - suffix) + common + g_depth * (trans_next * t[i] - suffix_depth)
-                grad_in[i, 0] = dt[i] * dtau
-                for k in ti.static(range(3)):
-                    grad_in[i, 1 + k] = w * g_colour[k]
+                grad_in[i] = ti.Vector([dt[i] * dtau, w * g_colour[0], w * g_colour[1], w * g_colour[2]])
                 trans = trans_next
                 i += 1
                 if trans < eps:
                     break
             while i < end:  # past early termination: no gradient
-                for k in ti.static(range(4)):
-                    grad_in[i, k] = 0
+                grad_in[i] = ti.Vector([0.0, 0.0, 0.0, 0.0], dt=real)
                 i += 1
 
     return lean(forward), lean(backward)

@@ -29,6 +29,7 @@ class _Plan:
     compiled: object  # its compiled data, as Taichi's own launch uses
     kinds: tuple[int, ...]
     dtypes: tuple  # per argument: the torch dtype of a tensor argument, else None
+    ndims: tuple  # per argument: the array dimensions of a tensor argument (its shape without element dims)
     device: torch.device
 
 
@@ -49,7 +50,7 @@ class LeanKernel:
                     if value.dtype != plan.dtypes[i] or value.device != plan.device or not value.is_contiguous():
                         return self.kernel(*args)
                     ctx.set_arg_external_array_with_shape((i,), value.data_ptr(), value.numel() * value.element_size(),
-                                                          list(value.shape), 0)
+                                                          list(value.shape[:plan.ndims[i]]), 0)
                 elif kind == _FLOAT:
                     ctx.set_arg_float((i,), float(value))
                 elif kind == _INT:
@@ -67,21 +68,26 @@ class LeanKernel:
 
 def _make_plan(kernel, args) -> _Plan | None:
     primal = kernel._primal
-    kinds, dtypes, device = [], [], None
+    kinds, dtypes, ndims, device = [], [], [], None
     for arg, value in zip(primal.arguments, args):
         anno = arg.annotation
         if isinstance(anno, ndarray_type.NdarrayType) and isinstance(value, torch.Tensor):
             kinds.append(_ARRAY)
             dtypes.append(value.dtype)
+            ndims.append(anno.ndim)  # Taichi passes only the array dims; vector/matrix element dims are static
+            if anno.ndim is None or value.dim() < anno.ndim:
+                return None
             if device is not None and value.device != device:
                 return None
             device = value.device
         elif id(anno) in primitive_types.real_type_ids:
             kinds.append(_FLOAT)
             dtypes.append(None)
+            ndims.append(0)
         elif id(anno) in primitive_types.integer_type_ids:
             kinds.append(_INT if is_signed(cook_dtype(anno)) else _UINT)
             dtypes.append(None)
+            ndims.append(0)
         else:  # anything else (templates, matrices, fields): keep Taichi's own path
             return None
     if primal.return_type is not None or len(args) != len(primal.arguments):
@@ -90,7 +96,7 @@ def _make_plan(kernel, args) -> _Plan | None:
     prog = impl.get_runtime().prog
     t_kernel = primal.compiled_kernels[key]
     compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
-    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), device or torch.device("cpu"))
+    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), tuple(ndims), device or torch.device("cpu"))
 
 
 def lean(kernel) -> LeanKernel:
