@@ -113,8 +113,9 @@ def train_cmd(
 
     steps = _parse_steps(prune_at) if prune_at else None
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
-                         batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell, octree_from=octree,
-                         prune_at=steps, eval_every=eval_every, seed=seed)
+                         batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup,
+                         samples_per_cell=samples_per_cell, octree_from=octree, prune_at=steps, eval_every=eval_every,
+                         seed=seed)
     metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=arch)
     typer.echo(format_table(metrics))
     typer.echo(f"metrics: {out / 'metrics.json'}   renders: {out / 'renders'}   checkpoint: {out / 'checkpoint.pt'}")
