@@ -387,6 +387,7 @@ class Trainer:
         """Drop finest-level cells whose rendering weight never reaches the threshold on the training rays."""
         from .prune import cell_max_weights
 
+        self.optimizer.zero_grad(set_to_none=True)  # last step's gradients: not needed, and as big as the grid
         field_ = self.field
         octree = field_.octree
         before = vertex_report(octree, field_.grid.levels)
@@ -419,20 +420,22 @@ class Trainer:
         for name, new_param in new_grid.named_parameters():
             old_param = getattr(old_grid, name)
             new_param.data.copy_(old_param.data[rows] if name in row_params else old_param.data)
+        self.field = new_field
+        del old_field, new_field
         if new_grid.kind == "hash":
             new_grid.indices.copy_(old_grid.indices[rows])
-        self.field = new_field
         self.optimizer = self._make_optimizer()
-        # Carry Adam's moments over, re-indexed the same way (both optimisers list parameters in one order).
+        # Carry Adam's moments over, re-indexed the same way (both optimisers list parameters in one order);
+        # each old moment is freed once copied, so the peak stays near one grid's worth of state.
         old_params = [p for g in old_opt.param_groups for p in g["params"]]
         new_params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for old_p, new_p in zip(old_params, new_params):
-            state = old_opt.state.get(old_p)
+            state = old_opt.state.pop(old_p, None)
             if not state:
                 continue
             by_row = old_by_id.get(id(old_p)) in row_params
             self.optimizer.state[new_p] = {
-                key: (value[rows].clone() if by_row and torch.is_tensor(value) and value.dim() > 0
+                key: (value[rows] if by_row and torch.is_tensor(value) and value.dim() > 0
                       else value.clone() if torch.is_tensor(value) else value)
                 for key, value in state.items()
             }
