@@ -94,14 +94,14 @@ def train_cmd(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time budget (stops at iters or minutes)."),
     downscale: int = typer.Option(1, "--downscale", min=1, help="Downscale images by this factor."),
     batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
-    lr_decay: float = typer.Option(0.1, "--lr-decay", help="Final learning rate relative to the start "
+    lr_decay: float = typer.Option(1.0, "--lr-decay", help="Final learning rate relative to the start "
                                    "(exponential decay over the budget; 1 keeps it constant)."),
     vq_warmup: float = typer.Option(0.0, "--vq-warmup", help="With --bits: fraction of the budget trained with raw "
                                     "features before k-means codebooks take over (0: VQ from the start)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
     octree: str = typer.Option("auto", "--octree", help="Octree source: auto (depth if present), depth or masks."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
-                                 "(default: 300,1500 for a mask-carved octree, none for depth)."),
+                                 "(default: 500,2000 for a mask-carved octree, none for depth)."),
     eval_every: int = typer.Option(1000, "--eval-every", help="Steps between quick test-PSNR checks (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out where it stopped."),

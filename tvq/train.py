@@ -59,12 +59,12 @@ class TrainConfig:
     batch_rays: int = 1 << 14
     lr: float = 1e-3
     grid_lr_scale: float = 100.0
-    lr_decay: float = 0.1  # learning rate at the end of the budget, relative to the start (1: constant)
+    lr_decay: float = 1.0  # learning rate at the end of the budget, relative to the start (1: constant, paper)
     vq_warmup: float = 0.0  # VQ: fraction of the budget trained with raw features before k-means codebooks
     samples_per_cell: int = 4
-    max_samples_per_ray: int = 256  # caps memory on rays that cross a thick (unpruned) visual hull
+    max_samples_per_ray: int = 1024  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
-    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (300, 1500) for masks only
+    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (500, 2000) for masks only
     prune_threshold: float = 1e-3
     eval_every: int = 500
     eval_views: int = 4  # views of the test split rendered for the periodic check
@@ -278,7 +278,7 @@ class Trainer:
             return
         octree, source = build_octree(self.scene, self.config, self.device, self.log)
         if self.config.prune_at is None:
-            self.config.prune_at = (300, 1500) if source == "masks" else ()
+            self.config.prune_at = (500, 2000) if source == "masks" else ()
         warm_start = self.config.kind == "vq" and self.config.vq_warmup > 0
         self.field = make_field(octree, self.config, kind="raw" if warm_start else None)
         self.optimizer = self._make_optimizer()
