@@ -160,7 +160,10 @@ def test_pruning_keeps_parameters_and_adam_state_of_surviving_vertices(tiny_scen
         for i, code in enumerate(old_grid.octree.vertices[level].tolist()):
             old_rows[level, code] = (old_grid.logits[start + i].detach().clone(), exp_avg[start + i].clone())
     codebooks = old_grid.codebooks.detach().clone()
-    trainer.config.prune_threshold = 0.05  # high enough to drop cells of this barely trained field
+    from tvq.prune import cell_max_weights
+
+    weights = cell_max_weights(trainer.field, trainer.data, trainer.config)
+    trainer.config.prune_threshold = float(weights.median()) + 1e-6  # drops about half of the finest cells
     trainer.prune()
     new_grid = trainer.field.grid
     assert new_grid.flat.num_vertices < old_grid.flat.num_vertices
