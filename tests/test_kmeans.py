@@ -70,3 +70,18 @@ def test_vq_grid_from_raw_features_starts_at_the_nearest_codes():
     for k in range(2):  # the median gap is set per level
         gap = (top2[starts[k]:starts[k + 1], 0] - top2[starts[k]:starts[k + 1], 1]).median()
         assert abs(float(gap) - 2.0) < 1e-4
+
+
+def test_vq_grid_from_identical_features_keeps_finite_logits():
+    from tvq import runtime
+    from tvq.field import FeatureOctree
+    from tvq.octree import SparseOctree
+
+    runtime.init()
+    octree = SparseOctree.from_points(torch.rand(200, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1, 3)
+    raw = FeatureOctree(octree, num_lods=1, feature_dim=4, kind="raw")
+    with torch.no_grad():
+        raw.features.fill_(0.5)  # every centroid the same point: all logit gaps are 0
+    vq = FeatureOctree.quantized_from(raw, bits=2)
+    logits = vq.logits.detach()
+    assert torch.isfinite(logits).all() and float(logits.abs().max()) < 1.0

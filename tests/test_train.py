@@ -124,6 +124,9 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
     for minutes in (0, -1):
         with pytest.raises(TvqError, match="--minutes"):
             TrainConfig(minutes=minutes).validate()
+    for bits, hash_, warmup in ((0, False, 0.3), (4, True, 0.3), (4, False, 1.0)):
+        with pytest.raises(TvqError, match="--vq-warmup"):
+            TrainConfig(bits=bits, hash=hash_, vq_warmup=warmup).validate()
 
 
 def test_resume_refuses_other_data(tiny_scene, tmp_path):

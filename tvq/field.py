@@ -86,7 +86,7 @@ class FeatureOctree(nn.Module):
         centroids of that level's features, and each vertex's logits are its negative squared distances to
         the centroids, scaled so that the median gap between the nearest and the second-nearest code is
         ``logit_gap`` (the hard code is the nearest centroid; the index can still move under training)."""
-        from .kmeans import kmeans, squared_distances
+        from .kmeans import full_precision_matmul, kmeans, squared_distances
 
         if raw.kind != "raw":
             raise ValueError("quantized_from takes a grid of raw features")
@@ -99,11 +99,12 @@ class FeatureOctree(nn.Module):
             centroids, _ = kmeans(features, codes, seed=seed + k)
             grid.codebooks[k * codes:(k + 1) * codes] = centroids
             logits = grid.logits[rows]
-            for s in range(0, count, 1 << 16):
-                logits[s:s + (1 << 16)] = -squared_distances(features[s:s + (1 << 16)].float(), centroids)
-            top2 = logits.topk(min(2, codes), dim=1).values
-            gap = (top2[:, 0] - top2[:, -1]).median() if codes > 1 else logits.new_tensor(1.0)
-            logits.mul_(logit_gap / max(float(gap), 1e-12))
+            with full_precision_matmul():
+                for s in range(0, count, 1 << 16):
+                    logits[s:s + (1 << 16)] = -squared_distances(features[s:s + (1 << 16)].float(), centroids)
+            gaps = logits.topk(2, dim=1).values.diff(dim=1).neg().flatten() if codes > 1 else logits.new_ones(1)
+            gaps = gaps[gaps > 0]  # ties (duplicate centroids) would make the scale explode
+            logits.mul_(logit_gap / float(gaps.median()) if gaps.numel() else 1.0)
         return grid
 
     def grid_parameters(self) -> list[nn.Parameter]:

@@ -7,7 +7,21 @@ row chunks, so N x k never has to fit in memory at once.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+
+@contextlib.contextmanager
+def full_precision_matmul():
+    """Distances through matmul in full float32, even where the trainer enabled TF32 (whose 10-bit
+    mantissa would send some points to the wrong centroid)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def squared_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -54,7 +68,11 @@ def kmeans(x: torch.Tensor, k: int, weights: torch.Tensor | None = None, iters: 
         raise ValueError(f"kmeans needs a non-empty (N, F) tensor, got {tuple(x.shape)}")
     if k < 1:
         raise ValueError(f"kmeans needs k >= 1, got {k}")
-    x = x.detach().float()
+    with full_precision_matmul():
+        return _kmeans(x.detach().float(), k, weights, iters, seed, seed_sample)
+
+
+def _kmeans(x, k, weights, iters, seed, seed_sample):
     n = x.shape[0]
     w = torch.ones(n, device=x.device) if weights is None else weights.detach().float().clamp(min=0)
     if not bool(w.sum() > 0):

@@ -90,6 +90,8 @@ class TrainConfig:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if not 0 <= self.vq_warmup < 1:
             raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
+        if self.vq_warmup > 0 and self.kind != "vq":
+            raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
 

@@ -30,6 +30,7 @@ class _Plan:
     kinds: tuple[int, ...]
     dtypes: tuple  # per argument: the torch dtype of a tensor argument, else None
     ndims: tuple  # per argument: the array dimensions of a tensor argument (its shape without element dims)
+    element_shapes: tuple  # per argument: the trailing vector/matrix dims the first call's tensor had
     device: torch.device
 
 
@@ -47,7 +48,8 @@ class LeanKernel:
             ctx = plan.kernel.make_launch_context()
             for i, (kind, value) in enumerate(zip(plan.kinds, args)):
                 if kind == _ARRAY:
-                    if value.dtype != plan.dtypes[i] or value.device != plan.device or not value.is_contiguous():
+                    if (value.dtype != plan.dtypes[i] or value.device != plan.device or not value.is_contiguous()
+                            or value.shape[plan.ndims[i]:] != plan.element_shapes[i]):
                         return self.kernel(*args)
                     ctx.set_arg_external_array_with_shape((i,), value.data_ptr(), value.numel() * value.element_size(),
                                                           list(value.shape[:plan.ndims[i]]), 0)
@@ -68,7 +70,7 @@ class LeanKernel:
 
 def _make_plan(kernel, args) -> _Plan | None:
     primal = kernel._primal
-    kinds, dtypes, ndims, device = [], [], [], None
+    kinds, dtypes, ndims, element_shapes, device = [], [], [], [], None
     for arg, value in zip(primal.arguments, args):
         anno = arg.annotation
         if isinstance(anno, ndarray_type.NdarrayType) and isinstance(value, torch.Tensor):
@@ -77,6 +79,7 @@ def _make_plan(kernel, args) -> _Plan | None:
             ndims.append(anno.ndim)  # Taichi passes only the array dims; vector/matrix element dims are static
             if anno.ndim is None or value.dim() < anno.ndim:
                 return None
+            element_shapes.append(value.shape[anno.ndim:])
             if device is not None and value.device != device:
                 return None
             device = value.device
@@ -84,10 +87,12 @@ def _make_plan(kernel, args) -> _Plan | None:
             kinds.append(_FLOAT)
             dtypes.append(None)
             ndims.append(0)
+            element_shapes.append(None)
         elif id(anno) in primitive_types.integer_type_ids:
             kinds.append(_INT if is_signed(cook_dtype(anno)) else _UINT)
             dtypes.append(None)
             ndims.append(0)
+            element_shapes.append(None)
         else:  # anything else (templates, matrices, fields): keep Taichi's own path
             return None
     if primal.return_type is not None or len(args) != len(primal.arguments):
@@ -96,7 +101,7 @@ def _make_plan(kernel, args) -> _Plan | None:
     prog = impl.get_runtime().prog
     t_kernel = primal.compiled_kernels[key]
     compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
-    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), tuple(ndims), device or torch.device("cpu"))
+    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), tuple(ndims), tuple(element_shapes), device or torch.device("cpu"))
 
 
 def lean(kernel) -> LeanKernel:
