@@ -3,9 +3,10 @@
 Compositing: 2^20 samples over 2^16 rays (``--small``: 2^14 over 2^10), a Poisson-like number of samples
 per ray, forward and forward+backward wall time (each call synced, and back to back), GPU kernel time and
 peak memory for ``tvq.ops.composite`` and for the nerfacc-style torch version (per-ray exclusive prefix
-sums of tau from one global cumsum, segment sums with ``index_add_``, autograd backward). Ray marching: rays/s through a lego-like octree (a surface shell of
-boxes and a sphere, level 8, about 10^5 cells; ``--small``: level 7) with 2^16 rays (``--small``: 2^10),
-aimed from a sphere around the cube, with and without skipping empty blocks.
+sums of tau from one global cumsum, segment sums with ``index_add_``, autograd backward). Ray marching:
+rays/s through a lego-like octree (a surface shell of boxes and a sphere, level 8, about 10^5 cells;
+``--small``: level 7) with 2^16 rays (``--small``: 2^10), aimed from a sphere around the cube, with and
+without skipping empty blocks.
 
     python -m benchmarks.bench_raymarch_composite [--small] [--out results.json]
 """

@@ -102,7 +102,8 @@ class FeatureOctree(nn.Module):
             with full_precision_matmul():
                 for s in range(0, count, 1 << 16):
                     logits[s:s + (1 << 16)] = -squared_distances(features[s:s + (1 << 16)].float(), centroids)
-            gaps = logits.topk(2, dim=1).values.diff(dim=1).neg().flatten() if codes > 1 else logits.new_ones(1)
+            top2 = logits.topk(2, dim=1).values  # bits >= 1: at least two codes
+            gaps = top2[:, 0] - top2[:, 1]
             gaps = gaps[gaps > 0]  # ties (duplicate centroids) would make the scale explode
             logits.mul_(logit_gap / float(gaps.median()) if gaps.numel() else 1.0)
         return grid

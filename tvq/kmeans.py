@@ -78,10 +78,9 @@ def _kmeans(x, k, weights, iters, seed, seed_sample):
     if not bool(w.sum() > 0):
         w = torch.ones(n, device=x.device)
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    sample = torch.randperm(n, generator=generator, device=x.device)[:seed_sample]
-    sample = sample[w[sample] > 0] if bool((w[sample] > 0).any()) else sample
-    centroids = kmeans_plus_plus(x[sample], k, w[sample] if bool(w[sample].sum() > 0) else torch.ones_like(w[sample]),
-                                 generator)
+    candidates = torch.nonzero(w > 0).flatten()  # seeds come from rows that carry weight
+    sample = candidates[torch.randperm(candidates.numel(), generator=generator, device=x.device)[:seed_sample]]
+    centroids = kmeans_plus_plus(x[sample], k, w[sample], generator)
     for _ in range(iters):
         assign, _ = nearest(x, centroids)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x * w[:, None])

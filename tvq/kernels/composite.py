@@ -46,8 +46,8 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
     arr1 = ti.types.ndarray(dtype=real, ndim=1)
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
     offsets_t = ti.types.ndarray(dtype=ti.i64, ndim=1)
-    # one vector store per sample (16 bytes in f32): a warp's stores land 16 samples apart, so four scalar stores per
-    # sample would each touch 32 partly written sectors
+    # one vector store per sample (16 bytes in f32): a warp's stores land ~16 samples apart, so four scalar
+    # stores per sample would each touch 32 partly written sectors
     vec4_arr = ti.types.ndarray(dtype=ti.types.vector(4, real), ndim=1)
 
     @ti.kernel

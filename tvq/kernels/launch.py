@@ -101,7 +101,8 @@ def _make_plan(kernel, args) -> _Plan | None:
     prog = impl.get_runtime().prog
     t_kernel = primal.compiled_kernels[key]
     compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
-    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), tuple(ndims), tuple(element_shapes), device or torch.device("cpu"))
+    return _Plan(t_kernel, compiled, tuple(kinds), tuple(dtypes), tuple(ndims), tuple(element_shapes),
+                 device or torch.device("cpu"))
 
 
 def lean(kernel) -> LeanKernel:
