@@ -96,8 +96,9 @@ def train_cmd(
     batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
     lr_decay: float = typer.Option(1.0, "--lr-decay", help="Final learning rate relative to the start "
                                    "(exponential decay over the budget; 1 keeps it constant)."),
-    vq_warmup: float = typer.Option(0.0, "--vq-warmup", help="With --bits: fraction of the budget trained with raw "
-                                    "features before k-means codebooks take over (0: VQ from the start)."),
+    vq_warmup: Optional[float] = typer.Option(None, "--vq-warmup", help="With --bits: fraction of the budget "
+                                              "trained with raw features before k-means codebooks take over (0: VQ "
+                                              "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
     octree: str = typer.Option("auto", "--octree", help="Octree source: auto (depth if present), depth or masks."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "

@@ -188,6 +188,8 @@ def test_composites_raymarch_samples():
 def test_lean_launch_matches_taichi_launch():
     from tvq.kernels.composite import OUT_COLUMNS, kernels
 
+    runtime.ensure()
+
     sigma, rgb, t, dt, offsets, bg = packed_batch(30, 10, seed=11)
     forward, _ = kernels("f32", True)
     outs = [torch.empty(30, OUT_COLUMNS) for _ in range(2)]
@@ -201,6 +203,36 @@ def test_lean_launch_matches_taichi_launch():
     strided = torch.stack([sigma, sigma], dim=1)[:, 0]
     with pytest.raises(ValueError, match="contiguous"):
         forward(strided, rgb, t, dt, offsets, bg[None], 0, 0.0, outs[0], weights[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_lean_first_call_keeps_no_argument_alive(device):
+    """Taichi keeps the arguments a kernel was compiled with; the lean launcher compiles with stand-ins."""
+    import gc
+    import weakref
+
+    import taichi as ti
+
+    from tvq.kernels.launch import lean
+
+    if runtime.ensure().arch != device:
+        pytest.skip("Taichi runs on the CPU backend in this process")
+
+    @ti.kernel
+    def double(a: ti.types.ndarray(dtype=ti.f32, ndim=1), b: ti.types.ndarray(dtype=ti.types.vector(2, ti.f32), ndim=1)):
+        for i in range(a.shape[0]):
+            b[i] = ti.Vector([a[i], a[i]]) * 2
+
+    launch = lean(double)
+    for _ in range(2):
+        a, b = torch.arange(5.0, device=device), torch.zeros(5, 2, device=device)
+        refs = weakref.ref(a), weakref.ref(b)
+        launch(a, b)
+        assert torch.equal(b.cpu(), torch.arange(5.0)[:, None].expand(5, 2) * 2)
+        del a, b
+        gc.collect()
+        assert all(ref() is None for ref in refs)
+    assert launch.plan is not None
 
 
 # ---- gradcheck (float64) ------------------------------------------------------------------------------

@@ -196,3 +196,23 @@ def test_vq_warm_start_trains_raw_then_quantises(tiny_scene, tmp_path):
     # the decoder's Adam state survived the switch (its step count runs on from the warm start)
     decoder_param = next(trainer.field.decoder.parameters())
     assert int(trainer.optimizer.state[decoder_param]["step"]) == 20
+
+
+def test_default_warm_start_lasts_until_the_last_pruning(tiny_scene, tmp_path):
+    runtime.init()
+    logs = []
+    config = TrainConfig(bits=3, iters=12, seed=0, prune_at=(6, 9), prune_threshold=1e-4,
+                         **{**TINY, "eval_every": 3})
+    assert config.vq_warmup is None
+    trainer = Trainer(tiny_scene, config, tmp_path, log=logs.append)
+    trainer.setup()
+    assert trainer.warming_up
+    trainer.fit(evaluate=lambda t: {"psnr": 0.0})
+    assert [h["grid"] for h in trainer.history] == ["raw", "raw", "vq", "vq"]
+    pruned = next(i for i, line in enumerate(logs) if line.startswith("pruned at step 9"))
+    quantised = next(i for i, line in enumerate(logs) if "quantised" in line)
+    assert quantised == pruned + 1  # the logits are made for the pruned octree's vertices only
+    # a depth octree is never pruned: VQ from the start
+    unpruned = Trainer(tiny_scene, TrainConfig(bits=3, iters=1, seed=0, **TINY), tmp_path / "depth")
+    unpruned.setup()
+    assert unpruned.config.prune_at == () and unpruned.field.grid.kind == "vq"

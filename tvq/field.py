@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .mlp import two_layer_mlp
 from .octree import FlatOctree, SparseOctree
 
 KINDS = ("raw", "vq", "hash")
@@ -41,8 +42,15 @@ class Decoder(nn.Module):
             nn.Linear(feature_dim + 3 + 6 * num_freqs, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
         )
 
-    def forward(self, features: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.net(torch.cat([features, encode_direction(dirs, self.num_freqs)], dim=-1))
+    def forward(self, features: torch.Tensor, dirs: torch.Tensor,
+                ray_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density (S,) and colour (S, 3) from features (S, F) and unit view directions: per sample (S, 3),
+        or per ray (R, 3) with ``ray_ids`` (S,) naming each sample's ray (the encoding is then computed once
+        per ray and gathered per sample)."""
+        view = encode_direction(dirs, self.num_freqs)
+        if ray_ids is not None:
+            view = view.index_select(0, ray_ids)
+        out = two_layer_mlp(features, view, self.net[0], self.net[2])
         return torch.relu(out[:, 0]), torch.sigmoid(out[:, 1:])
 
 
@@ -160,8 +168,10 @@ class RadianceField(nn.Module):
     def num_lods(self) -> int:
         return self.grid.num_lods
 
-    def forward(self, points: torch.Tensor, dirs: torch.Tensor, lod: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.decoder(self.grid(points, lod), dirs)
+    def forward(self, points: torch.Tensor, dirs: torch.Tensor, lod: int,
+                ray_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Density and colour at normalised points (S, 3); ``dirs`` per sample, or per ray with ``ray_ids``."""
+        return self.decoder(self.grid(points, lod), dirs, ray_ids)
 
     def size_bytes(self) -> dict:
         info = self.grid.size_bytes()

@@ -44,7 +44,7 @@ def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: in
         if packed.num_samples == 0:
             continue
         points = packed.positions(o_n, dirs)
-        sigma, rgb = field(points, dirs.index_select(0, packed.ray_ids), lod)
+        sigma, rgb = field(points, dirs, lod, packed.ray_ids)
         w = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, data.background,
                       return_weights=True).weights
         rows = cell_of_points(points, codes, level)

@@ -28,8 +28,9 @@ class RenderOptions:
 
 def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor, lod: int,
                 background: torch.Tensor, options: RenderOptions = RenderOptions(),
-                generator: torch.Generator | None = None) -> dict:
-    """Render world-space rays (R, 3) with unit directions at ``lod`` (0 = coarsest).
+                generator: torch.Generator | None = None, seed: int | None = None) -> dict:
+    """Render world-space rays (R, 3) with unit directions at ``lod`` (0 = coarsest). The jitter of
+    ``options.jitter`` comes from ``seed`` when given, else from ``generator``.
 
     Returns ``color`` (R, 3), ``opacity`` (R,), ``depth`` (R,) in world units along the ray, and the number
     of samples taken.
@@ -39,9 +40,9 @@ def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor,
     o_n = octree.normalize(origins)
     packed = raymarch(octree, o_n, dirs, level, samples_per_cell=options.samples_per_cell,
                       jitter=options.jitter, max_samples_per_ray=options.max_samples_per_ray,
-                      generator=generator)
+                      generator=generator, seed=seed)
     points = packed.positions(o_n, dirs)
-    sigma, rgb = field(points, dirs.index_select(0, packed.ray_ids), lod)
+    sigma, rgb = field(points, dirs, lod, packed.ray_ids)
     out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
                         early_stop_eps=1e-4 if options.early_stop else 0.0)
     return {"color": out.colour, "opacity": out.opacity, "depth": out.depth / octree.scale,

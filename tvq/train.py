@@ -4,18 +4,26 @@ Recipe (paper defaults): Adam with lr 1e-3, the grid (features, codebooks, index
 step draws ``batch_rays`` rays uniformly over all training pixels and one LOD, each finer LOD twice as
 likely as the one before; MSE loss in sRGB against images composited on the scene background.
 
-VQ warm start (``vq_warmup``, a fraction of the budget): a VQ run first trains raw features, then each
-level's codebook becomes the k-means centroids of its features and each vertex's index logits its
-negative distances to them (``FeatureOctree.quantized_from``); training goes on end to end from there, so
-the learned indices start from a good assignment instead of a random one. 0 trains VQ from the start.
+VQ warm start (``vq_warmup``): a VQ run first trains raw features, then each level's codebook becomes the
+k-means centroids of its features and each vertex's index logits its negative distances to them
+(``FeatureOctree.quantized_from``); training goes on end to end from there. A fraction of the budget, 0 to
+train VQ from the start, or None (default): until the last pruning of a visual hull, whose unpruned
+vertices would otherwise each carry 2^b logits with their gradient and two Adam moments (the memory peak
+of a 6-bit run), and from the start on a depth octree, which is never pruned.
 
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
 ``prune_at`` steps the trainer renders the training rays, keeps the finest cells whose rendering weight
 reached ``prune_threshold`` somewhere, and rebuilds the octree and its parameters around them.
 
+Every random choice of a step (its LOD, its rays, the jitter of its samples) is a function of the seed and
+the step number, drawn on the host without waiting for the GPU. The GPU is waited for only where a step
+needs a count (its number of samples); losses are read in batches of ``LOSS_CHECK_EVERY`` steps, and the
+parameters are checked for non-finite values before every checkpoint, so a diverged run stops with a
+message and its last checkpoint is a good one.
+
 Checkpoints hold everything needed to continue bit for bit: config, octree leaves, parameters, optimiser
-state, the ray sampler's generator and the step. They are written to a temporary file and renamed.
+state and the step. They are written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from .render import RenderOptions, render_rays
 
 CHECKPOINT_FORMAT = "tvq-checkpoint"
 CHECKPOINT_VERSION = 1
+LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
 
 
 @dataclass
@@ -60,7 +69,7 @@ class TrainConfig:
     lr: float = 1e-3
     grid_lr_scale: float = 100.0
     lr_decay: float = 1.0  # learning rate at the end of the budget, relative to the start (1: constant, paper)
-    vq_warmup: float = 0.0  # VQ: fraction of the budget trained with raw features before k-means codebooks
+    vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
     samples_per_cell: int = 4
     max_samples_per_ray: int = 1024  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
@@ -88,9 +97,9 @@ class TrainConfig:
             raise TvqError(f"--minutes must be positive, got {self.minutes}")
         if not 0 < self.lr_decay <= 1:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
-        if not 0 <= self.vq_warmup < 1:
+        if self.vq_warmup is not None and not 0 <= self.vq_warmup < 1:
             raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
-        if self.vq_warmup > 0 and self.kind != "vq":
+        if self.vq_warmup and self.kind != "vq":
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
@@ -259,7 +268,7 @@ class Trainer:
             raise TvqError(f"{scene.root}: training views differ in size ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
                            "tvq needs one image size per scene")
         self.data = RayData.from_views(train_views, scene.background, self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.generator = torch.Generator(device=self.device)  # re-seeded every step from (seed, step)
         self.lod_probs = lod_probabilities(config.num_lods)
         self.step = 0
         self.elapsed = 0.0
@@ -281,7 +290,8 @@ class Trainer:
         octree, source = build_octree(self.scene, self.config, self.device, self.log)
         if self.config.prune_at is None:
             self.config.prune_at = (500, 2000) if source == "masks" else ()
-        warm_start = self.config.kind == "vq" and self.config.vq_warmup > 0
+        warmup = self.config.vq_warmup
+        warm_start = self.config.kind == "vq" and (bool(self.config.prune_at) if warmup is None else warmup > 0)
         self.field = make_field(octree, self.config, kind="raw" if warm_start else None)
         self.optimizer = self._make_optimizer()
         self.log("octree: " + vertex_report(octree, self.field.grid.levels))
@@ -318,7 +328,6 @@ class Trainer:
         self.field = field_from_checkpoint(ckpt, self.device)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.generator.set_state(ckpt["generator"])
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
 
@@ -336,8 +345,7 @@ class Trainer:
                 "field": self.field.state_dict(),
                 "grid_kind": self.field.grid.kind,  # raw while a VQ run is still in its warm start
                 "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(),
-                "device_type": self.device.type,  # the generator state belongs to this device's generator
+                "device_type": self.device.type,  # each device draws its own random stream from a seed
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "history": self.history,
@@ -363,24 +371,48 @@ class Trainer:
         self.optimizer.param_groups[1]["lr"] = c.lr * factor
 
     def train_step(self) -> dict:
+        """One optimiser step (the step numbered ``self.step + 1``); the loss stays on the device."""
         c = self.config
         self._set_learning_rate()
-        lod = int(torch.multinomial(self.lod_probs, 1, generator=_cpu_generator(self.generator)).item())
+        rng = np.random.default_rng((c.seed, self.step))  # this step's draws, whatever happened before
+        lod = int(rng.choice(c.num_lods, p=self.lod_probs.numpy()))
+        self.generator.manual_seed(int(rng.integers(1 << 62)))
         origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
         options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
                                 jitter=True)
-        out = render_rays(self.field, origins, dirs, lod, self.data.background, options, generator=self.generator)
+        out = render_rays(self.field, origins, dirs, lod, self.data.background, options,
+                          seed=int(rng.integers(1 << 31)))
         loss = torch.mean((out["color"] - target) ** 2)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         return {"loss": loss.detach(), "lod": lod, "samples": out["samples"]}
 
-    def _check_finite(self, loss: float) -> None:
-        bad = not math.isfinite(loss) or any(not torch.isfinite(p).all() for p in self.field.parameters())
-        if bad:
-            kept = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file() else ""
-            raise TvqError(f"training diverged at step {self.step} (loss {loss}): stopped{kept}")
+    def _diverged(self, step: int, what: str) -> None:
+        kept = f"; the last good checkpoint is {self.checkpoint_path}" if self.checkpoint_path.is_file() else ""
+        raise TvqError(f"training diverged at step {step} ({what}): stopped{kept}")
+
+    def _read_losses(self) -> None:
+        """Read the pending losses (one wait for the GPU); stop at the first non-finite one."""
+        if not self._pending:
+            return
+        values = torch.stack([loss for _, loss in self._pending]).tolist()
+        for (step, _), value in zip(self._pending, values):
+            if not math.isfinite(value):
+                self._diverged(step, f"loss {value}")
+        self._pending.clear()
+        self.last_loss = values[-1]
+
+    def _check_parameters(self) -> None:
+        self._read_losses()
+        if any(not bool(torch.isfinite(p).all()) for p in self.field.parameters()):
+            self._diverged(self.step, "non-finite parameters")
+
+    def _save_checked(self) -> None:
+        """A checkpoint only of a finite state: the last one on disk stays a good one."""
+        self._check_parameters()
+        self.save_checkpoint()
+        self._last_save = self.step
 
     # -- pruning --
 
@@ -449,6 +481,12 @@ class Trainer:
         """A VQ run still training raw features (its codebooks come from them at ``vq_warmup``)."""
         return self.config.kind == "vq" and self.field.grid.kind == "raw"
 
+    def warmup_over(self) -> bool:
+        c = self.config
+        if c.vq_warmup is None:  # until the last pruning
+            return self.step >= max(c.prune_at or (0,))
+        return self.progress_fraction() >= c.vq_warmup
+
     @torch.no_grad()
     def quantize(self) -> None:
         """Replace the raw features by k-means codebooks and distance logits; the decoder and its Adam
@@ -471,6 +509,8 @@ class Trainer:
         stats = {"rays": 0, "samples": 0, "t0": time.perf_counter()}
         self._last_save = self.step
         self._interrupted = False
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read yet
+        self.last_loss = math.nan
         # Ctrl-C finishes the step in flight, so the checkpoint it leaves is a consistent state.
         previous = None
         if threading.current_thread() is threading.main_thread():
@@ -480,55 +520,56 @@ class Trainer:
             if self._interrupted:
                 raise KeyboardInterrupt
             if self.warming_up:  # a budget shorter than the warm start still ends with a VQ model
-                t0 = time.perf_counter()
-                self.quantize()
-                self.elapsed += time.perf_counter() - t0
+                self._timed(self.quantize)
                 self._last_save = -1
         except KeyboardInterrupt:
             if self.step > 0:
-                self.save_checkpoint()  # an interrupted run continues from here with --resume
+                self._save_checked()  # an interrupted run continues from here with --resume
                 self.log(f"interrupted at step {self.step}; checkpoint saved to {self.checkpoint_path}")
             raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         if self._last_save != self.step:
-            self.save_checkpoint()
+            self._save_checked()
         return {"step": self.step, "elapsed": self.elapsed}
+
+    def _timed(self, fn) -> None:
+        """Run ``fn`` and count its time as training time."""
+        t0 = time.perf_counter()
+        fn()
+        self.elapsed += time.perf_counter() - t0
 
     def _loop(self, c: TrainConfig, budget_s, stats: dict, progress, evaluate) -> None:
         while self.step < c.iters and (budget_s is None or self.elapsed < budget_s):
             t0 = time.perf_counter()
             out = self.train_step()
             self.step += 1
-            loss = float(out["loss"])
+            self._pending.append((self.step, out["loss"]))
+            if len(self._pending) >= LOSS_CHECK_EVERY or self.step == 1:
+                self._read_losses()
             self.elapsed += time.perf_counter() - t0
-            self._check_finite(loss)
             stats["rays"] += c.batch_rays
             stats["samples"] += out["samples"]
-            if self.step in (c.prune_at or ()):
-                t0 = time.perf_counter()
-                self.prune()
-                self.elapsed += time.perf_counter() - t0
-            if self.warming_up and self.progress_fraction() >= c.vq_warmup:
-                t0 = time.perf_counter()
-                self.quantize()
-                self.elapsed += time.perf_counter() - t0
-            if evaluate is not None and c.eval_every and self.step % c.eval_every == 0:
+            pruning = self.step in (c.prune_at or ())
+            quantizing = self.warming_up and self.warmup_over()
+            checking = evaluate is not None and c.eval_every and self.step % c.eval_every == 0
+            saving = c.checkpoint_every and self.step % c.checkpoint_every == 0
+            done = self.step >= c.iters or (budget_s is not None and self.elapsed >= budget_s)
+            if pruning or quantizing or checking or saving or done or self._interrupted:
+                self._timed(self._read_losses)  # nothing is built on a diverged state
+            if pruning:
+                self._timed(self.prune)
+            if quantizing:
+                self._timed(self.quantize)
+            if checking:
                 self.history.append({"step": self.step, "elapsed": self.elapsed, "grid": self.field.grid.kind,
                                      **evaluate(self)})
-            if c.checkpoint_every and self.step % c.checkpoint_every == 0:
-                self.save_checkpoint()
-                self._last_save = self.step
+            if saving:
+                self._save_checked()
             if progress is not None:
                 wall = max(time.perf_counter() - stats["t0"], 1e-9)
-                progress(self, {"loss": loss, "psnr": mse_to_psnr(loss), "rays_per_s": stats["rays"] / wall,
-                                "samples_per_s": stats["samples"] / wall})
+                progress(self, {"loss": self.last_loss, "psnr": mse_to_psnr(self.last_loss),
+                                "rays_per_s": stats["rays"] / wall, "samples_per_s": stats["samples"] / wall})
             if self._interrupted:
                 return
-
-
-def _cpu_generator(gen: torch.Generator) -> torch.Generator:
-    """A CPU generator derived from ``gen``'s stream (multinomial over LODs runs on the CPU)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device).item())
-    return torch.Generator().manual_seed(seed)

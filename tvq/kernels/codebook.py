@@ -42,6 +42,7 @@ from types import SimpleNamespace
 import taichi as ti
 
 from .gather import CHUNK, VERT_HI, flush, level_info, scatter_chunk, sum_levels, vector_arrays
+from .launch import lean
 
 
 @ti.func
@@ -183,7 +184,7 @@ def vq_kernels(dtype, F: int, K: int, chunk: int = CHUNK) -> SimpleNamespace:
                     grad_logits[v, 0] = d0
                     grad_logits[v, 1] = d1
 
-    return SimpleNamespace(forward=forward, backward=backward, chunk=chunk)
+    return SimpleNamespace(forward=lean(forward), backward=lean(backward), chunk=chunk)
 
 
 @functools.lru_cache(maxsize=None)
@@ -213,4 +214,4 @@ def hash_kernels(dtype, F: int, chunk: int = CHUNK) -> SimpleNamespace:
                 if (g != 0).any():
                     flush(grad_rows, idx.shape[0] + idx[v], g, F)
 
-    return SimpleNamespace(forward=forward, backward=backward, chunk=chunk)
+    return SimpleNamespace(forward=lean(forward), backward=lean(backward), chunk=chunk)

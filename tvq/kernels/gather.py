@@ -35,6 +35,7 @@ from types import SimpleNamespace
 import taichi as ti
 import torch
 
+from .launch import lean
 from .morton import find_code, morton3
 
 # Layout of the packed octree ``tree`` (int64), C cells in all: a header; per level k (coarsest first) the
@@ -214,4 +215,4 @@ def gather_kernels(dtype, F: int, chunk: int = CHUNK) -> SimpleNamespace:
         for t in range(threads):
             scatter_chunk(points, tree, rows, grad_out, grad_table, t, lod, dtype, F, chunk)
 
-    return SimpleNamespace(forward=forward, backward=backward, chunk=chunk)
+    return SimpleNamespace(forward=lean(forward), backward=lean(backward), chunk=chunk)

@@ -15,6 +15,7 @@ import functools
 import taichi as ti
 
 from .gather import CHUNK, locate, scatter_chunk, vector_arrays
+from .launch import lean
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,4 +36,4 @@ def importance_kernel(dtype, chunk: int = CHUNK):
         for t in range(threads):
             scatter_chunk(points, tree, rows, weights, out, t, lod, dtype, 1, chunk)
 
-    return importance
+    return lean(importance)

@@ -7,6 +7,11 @@ checks everything), remembers the compiled kernel, and from then on fills the la
 one pointer, size and shape per tensor. A tensor whose dtype or device differs from the first call's, or
 that is not contiguous, goes through Taichi's own path again (which converts or raises as usual).
 
+The kernel is compiled with zero-size stand-ins of the first call's tensors (same dtype, device and
+element shape): Taichi keeps the arguments it compiled with alive for as long as the compiled kernel lives,
+which for a first call with real data (a grid's logits and their gradient) would pin gigabytes of GPU
+memory for the rest of the process. Every launch, the first included, then goes through the plan.
+
 Only for kernels whose arguments are all typed ndarrays (dtype and ndim given) and scalars, called with
 detached tensors (no gradient buffers: Taichi autodiff is not used in tvq). A plan lives as long as the
 Taichi runtime, which ``tvq.runtime`` initialises once per process.
@@ -43,6 +48,9 @@ class LeanKernel:
         self.planned = False  # a first call has been made (the plan stays None when the kernel does not fit)
 
     def __call__(self, *args) -> None:
+        if not self.planned:
+            self.plan = _make_plan(self.kernel, args)
+            self.planned = True
         plan = self.plan
         if plan is not None:
             ctx = plan.kernel.make_launch_context()
@@ -61,11 +69,7 @@ class LeanKernel:
                     ctx.set_arg_uint((i,), int(value))
             impl.get_runtime().prog.launch_kernel(plan.compiled, ctx)
             return None
-        result = self.kernel(*args)
-        if not self.planned:
-            self.plan = _make_plan(self.kernel, args)
-            self.planned = True
-        return result
+        return self.kernel(*args)
 
 
 def _make_plan(kernel, args) -> _Plan | None:
@@ -97,7 +101,9 @@ def _make_plan(kernel, args) -> _Plan | None:
             return None
     if primal.return_type is not None or len(args) != len(primal.arguments):
         return None
-    key = primal.ensure_compiled(*args)
+    stand_ins = [torch.empty((0,) * ndim + tuple(shape), dtype=dtype, device=device) if kind == _ARRAY else value
+                 for kind, value, dtype, ndim, shape in zip(kinds, args, dtypes, ndims, element_shapes)]
+    key = primal.ensure_compiled(*stand_ins)
     prog = impl.get_runtime().prog
     t_kernel = primal.compiled_kernels[key]
     compiled = prog.compile_kernel(prog.config(), prog.get_device_caps(), t_kernel)
