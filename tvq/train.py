@@ -275,6 +275,8 @@ class Trainer:
         self.history: list[dict] = []
         self.field: RadianceField | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read from the device yet
+        self.last_loss = math.nan
 
     @property
     def checkpoint_path(self) -> Path:
@@ -509,8 +511,7 @@ class Trainer:
         stats = {"rays": 0, "samples": 0, "t0": time.perf_counter()}
         self._last_save = self.step
         self._interrupted = False
-        self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read yet
-        self.last_loss = math.nan
+        self._pending.clear()
         # Ctrl-C finishes the step in flight, so the checkpoint it leaves is a consistent state.
         previous = None
         if threading.current_thread() is threading.main_thread():
