@@ -2,15 +2,16 @@
 
 Taichi's ``kernel(*args)`` re-derives, on every call, each argument's template key and type checks in
 Python (about 15 us per tensor argument on a slow host): with ten tensors that is more host time than a
-compositing kernel runs on a GPU. ``lean(kernel)`` makes the first call through Taichi (which compiles and
-checks everything), remembers the compiled kernel, and from then on fills the launch context directly:
-one pointer, size and shape per tensor. A tensor whose dtype or device differs from the first call's, or
-that is not contiguous, goes through Taichi's own path again (which converts or raises as usual).
+compositing kernel runs on a GPU. On the first call ``lean(kernel)`` has Taichi compile (and type-check)
+the kernel, remembers the compiled kernel, and from then on, that first call included, fills the launch
+context directly: one pointer, size and shape per tensor. A tensor whose dtype, device or element shape
+differs from the first call's, or that is not contiguous, goes through Taichi's own path (which converts
+or raises as usual).
 
-The kernel is compiled with zero-size stand-ins of the first call's tensors (same dtype, device and
-element shape): Taichi keeps the arguments it compiled with alive for as long as the compiled kernel lives,
-which for a first call with real data (a grid's logits and their gradient) would pin gigabytes of GPU
-memory for the rest of the process. Every launch, the first included, then goes through the plan.
+Taichi compiles with zero-size stand-ins of the first call's tensors (same dtype, device and element
+shape): it keeps the arguments it compiled with alive for as long as the compiled kernel lives, which for
+a first call with real data (a grid's logits and their gradient) would pin gigabytes of GPU memory for
+the rest of the process.
 
 Only for kernels whose arguments are all typed ndarrays (dtype and ndim given) and scalars, called with
 detached tensors (no gradient buffers: Taichi autodiff is not used in tvq). A plan lives as long as the
