@@ -18,12 +18,19 @@ from tvq.job import format_table, train_scene
 from tvq.train import TrainConfig
 
 
+def parse_run(text: str) -> tuple[str, int, float, dict]:
+    """SCENE:BITS:MINUTES[:JSON] -> (scene, bits, minutes, that run's TrainConfig fields)."""
+    scene, bits, minutes, *own = text.split(":", 3)
+    return scene, int(bits), float(minutes), json.loads(own[0]) if own else {}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scene", nargs="+", default=[], help="one or more scene folders (one process: "
                         "Taichi compiles its kernels once)")
     parser.add_argument("--bits", type=int, nargs="+", default=[0, 6, 4])
-    parser.add_argument("--runs", nargs="*", default=None, help="explicit SCENE:BITS:MINUTES runs instead")
+    parser.add_argument("--runs", nargs="*", default=None, help="explicit SCENE:BITS:MINUTES[:JSON] runs instead "
+                        "(JSON: TrainConfig fields for that run only, over --config)")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--iters", type=int, default=1_000_000)
     parser.add_argument("--out", required=True)
@@ -34,12 +41,12 @@ def main(argv=None) -> int:
     rows = []
     if Path(args.out).is_file():
         rows = json.loads(Path(args.out).read_text()).get("runs", [])
-    plan = [(scene, bits, args.minutes) for scene in args.scene for bits in args.bits]
+    plan = [(scene, bits, args.minutes, {}) for scene in args.scene for bits in args.bits]
     if args.runs:
-        plan = [(r.split(":")[0], int(r.split(":")[1]), float(r.split(":")[2])) for r in args.runs]
-    for scene, bits, minutes in plan:
-        name = f"{Path(scene).name}-bits{bits}"
-        config = TrainConfig(bits=bits, iters=args.iters, minutes=minutes, **extra)
+        plan = [parse_run(r) for r in args.runs]
+    for number, (scene, bits, minutes, own) in enumerate(plan):
+        name = f"{Path(scene).name}-bits{bits}" + (f"-{number}" if own else "")
+        config = TrainConfig(**{"bits": bits, "iters": args.iters, "minutes": minutes, **extra, **own})
         t0 = time.perf_counter()
         metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config)
         metrics["wall_seconds"] = time.perf_counter() - t0

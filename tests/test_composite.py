@@ -260,15 +260,23 @@ def test_gradcheck_composite_early_stop():
 
 
 @pytest.mark.cuda
-def test_cuda_matches_twin():
+@pytest.mark.parametrize("max_samples, early_stop_eps, per_ray_bg", [(40, 0.0, False), (100, 0.0, True),
+                                                                     (100, 1e-2, True)])
+def test_cuda_matches_twin(max_samples, early_stop_eps, per_ray_bg):
+    """On CUDA a warp composites a ray 32 samples at a time: rays of up to 100 samples cross several
+    chunks, and early termination must stop where the sample-by-sample twin stops."""
     if runtime.ensure().arch != "cuda":
         pytest.skip("Taichi runs on the CPU backend in this process")
-    sigma, rgb, t, dt, offsets, bg = packed_batch(200, 40, seed=9)
+    sigma, rgb, t, dt, offsets, bg = packed_batch(300, max_samples, seed=9)
+    sigma = sigma * 3
+    if per_ray_bg:
+        bg = torch.rand(offsets.numel() - 1, 3, generator=torch.Generator().manual_seed(4))
     cuda = [x.cuda() for x in (sigma, rgb, t, dt, offsets, bg)]
     inputs = [cuda[0].requires_grad_(), cuda[1].requires_grad_(), cuda[5].requires_grad_()]
-    out = composite(inputs[0], inputs[1], cuda[2], cuda[3], cuda[4], inputs[2], return_weights=True)
+    out = composite(inputs[0], inputs[1], cuda[2], cuda[3], cuda[4], inputs[2], early_stop_eps=early_stop_eps,
+                    return_weights=True)
     twin_inputs = [x.clone().requires_grad_() for x in (sigma, rgb, bg)]
-    want = composite_reference(twin_inputs[0], twin_inputs[1], t, dt, offsets, twin_inputs[2])
+    want = composite_reference(twin_inputs[0], twin_inputs[1], t, dt, offsets, twin_inputs[2], early_stop_eps)
     for got, ref in zip(out, want):
         torch.testing.assert_close(got.cpu(), ref.detach(), rtol=RTOL, atol=ATOL)
     cots = cotangents(offsets.numel() - 1, torch.float32)

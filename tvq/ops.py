@@ -235,13 +235,22 @@ class Composited(NamedTuple):
     weights: torch.Tensor | None = None
 
 
+def _composite_kernels(device: torch.device, dtype: str, with_weights: bool):
+    """One warp per ray on CUDA in float32 (coalesced), one thread per ray otherwise."""
+    from .kernels.composite import kernels, warp_kernels
+
+    if device.type == "cuda" and dtype == "f32":
+        return warp_kernels(with_weights)
+    return kernels(dtype, with_weights)
+
+
 class _Composite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, sigma, rgb, t, dt, ray_offsets, background, early_stop_eps, with_weights):
-        from .kernels.composite import OUT_COLUMNS, kernels
+        from .kernels.composite import OUT_COLUMNS
 
         dtype = "f64" if sigma.dtype == torch.float64 else "f32"
-        forward_kernel, _ = kernels(dtype, with_weights)
+        forward_kernel, _ = _composite_kernels(sigma.device, dtype, with_weights)
         num_rays = ray_offsets.numel() - 1
         sigma_, rgb_, t_, dt_, offsets = _plain(sigma), _plain(rgb), _plain(t), _plain(dt), _plain(ray_offsets)
         bg = _plain(background).reshape(-1, 3)
@@ -257,10 +266,8 @@ class _Composite(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_colour, g_opacity, g_depth, _g_weights):
-        from .kernels.composite import kernels
-
         sigma_, rgb_, t_, dt_, offsets, out = ctx.saved_tensors
-        _, backward_kernel = kernels(ctx.dtype, False)
+        _, backward_kernel = _composite_kernels(sigma_.device, ctx.dtype, False)
         grad_in = torch.empty(sigma_.shape[0], 4, dtype=sigma_.dtype, device=sigma_.device)
         if sigma_.shape[0]:
             grad = torch.cat([g_colour, g_opacity[:, None], g_depth[:, None]], dim=1).to(sigma_.dtype)
