@@ -270,8 +270,8 @@ class _Composite(torch.autograd.Function):
         _, backward_kernel = _composite_kernels(sigma_.device, ctx.dtype, False)
         grad_in = torch.empty(sigma_.shape[0], 4, dtype=sigma_.dtype, device=sigma_.device)
         if sigma_.shape[0]:
-            grad = torch.cat([g_colour, g_opacity[:, None], g_depth[:, None]], dim=1).to(sigma_.dtype)
-            backward_kernel(sigma_, rgb_, t_, dt_, offsets, ctx.early_stop_eps, out, grad, grad_in)
+            cots = [g.to(sigma_.dtype).contiguous() for g in (g_colour, g_opacity, g_depth)]
+            backward_kernel(sigma_, rgb_, t_, dt_, offsets, ctx.early_stop_eps, out, *cots, grad_in)
         d_background = None
         if ctx.needs_input_grad[5]:
             d_background = out[:, 5:6] * g_colour  # dC/dbg = T_n

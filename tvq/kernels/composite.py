@@ -21,20 +21,19 @@ transmittance, which would fail once T underflows), and the suffixes come from t
 S_k = C - sum_{i<=k} w_i c_i and Z_k = D - sum_{i<=k} w_i t_i.
 
 Two implementations of these formulas. ``kernels`` runs one thread per ray, walking its samples in order
-(any arch, float32 or float64). ``warp_kernels`` (CUDA, float32) runs one warp per ray with a lane per
-sample, 32 samples at a time: a thread per ray reads and writes samples 16 or so rows apart across a
-warp, while lanes of one ray touch consecutive rows, so every load and store is coalesced (half the GPU
-time of one thread per ray at 2^20 samples on an H100, ``benchmarks/bench_raymarch_composite.py``). The running
-products and sums become warp prefix sums (``shfl_up``), in the log domain for transmittance,
-T_k = T_chunk exp(-sum_{j<k in chunk} tau_j), and the chunk's totals carry to the next 32 samples.
-Early termination keeps the thread-per-ray semantics: sample k > 0 counts when T_k >= eps (T is
+(any arch, float32 or float64). ``warp_kernels`` (CUDA, float32) gives each ray 16 (or 32) lanes of a warp,
+a lane per sample, one round of 16 samples at a time: a thread per ray reads and writes samples 16 or so
+rows apart across a warp, while the lanes of one ray touch consecutive rows, so loads and stores are
+coalesced. The running products and sums become prefix sums over the ray's lanes (warp shuffles), in the
+log domain for transmittance, T_k = T_round exp(-sum_{j<k in round} tau_j), and each round's totals carry
+to the next. Early termination keeps the thread-per-ray semantics: sample k > 0 counts when T_k >= eps (T is
 non-increasing, so the counted samples are a prefix), and the ray's T_n is the transmittance after the
-last counted sample. The backward pass gets the suffixes from prefix sums of w c and w t the same way.
+last counted sample. The backward pass needs the suffixes only through g_C . S_k + g_D Z_k, which is
+g_C . C + g_D D minus a prefix sum of w_i (g_C . c_i + g_D t_i): one scalar prefix sum per chunk.
 
-Launch layout: the per-ray results as one (R, 6) tensor [C (3), A, D, T_n]; the cotangents as one (R, 5)
-tensor [g_C (3), g_A, g_D]; the input gradients as one (S, 4) tensor [dsigma, dc (3)]: one allocation and
-one argument each. The background is a (B, 3) tensor read at row r * bg_stride (B = 1 and stride 0 for one
-colour). dbg is a reduction left to torch.
+Launch layout: the per-ray results as one (R, 6) tensor [C (3), A, D, T_n]; the input gradients as one
+(S, 4) tensor [dsigma, dc (3)]: one allocation and one argument each. The background is a (B, 3) tensor
+read at row r * bg_stride (B = 1 and stride 0 for one colour). dbg is a reduction left to torch.
 """
 
 import functools
@@ -99,15 +98,15 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
 
     @ti.kernel
     def backward(
-        sigma: arr1, rgb: arr2, t: arr1, dt: arr1, offsets: offsets_t, eps: real, out: arr2, grad: arr2,
-        grad_in: vec4_arr,
+        sigma: arr1, rgb: arr2, t: arr1, dt: arr1, offsets: offsets_t, eps: real, out: arr2, g_colours: arr2,
+        g_opacities: arr1, g_depths: arr1, grad_in: vec4_arr,
     ):
         for r in range(offsets.shape[0] - 1):
             start = offsets[r]
             end = offsets[r + 1]
-            g_colour = vec3(grad[r, 0], grad[r, 1], grad[r, 2])
-            g_opacity = grad[r, 3]
-            g_depth = grad[r, 4]
+            g_colour = vec3(g_colours[r, 0], g_colours[r, 1], g_colours[r, 2])
+            g_opacity = g_opacities[r]
+            g_depth = g_depths[r]
             final = out[r, TRANS]
             suffix = vec3(out[r, COLOUR], out[r, COLOUR + 1], out[r, COLOUR + 2])  # S_{k-1}
             suffix_depth = out[r, DEPTH]  # Z_{k-1}
@@ -152,47 +151,64 @@ def _from_lane(x, lane):
     return ti.bit_cast(ti.simt.warp.shfl_sync_i32(ti.u32(ALL_LANES), ti.bit_cast(x, ti.i32), lane), ti.f32)
 
 
-@ti.func
-def _lane_prefix_sum(x, lane):
-    """Inclusive prefix sum of x over the lanes of a warp (every lane must take part)."""
-    for d in ti.static((1, 2, 4, 8, 16)):
-        y = _shuffle_up(x, d)
-        if lane >= d:
-            x += y
-    return x
-
-
-@ti.func
-def _lane_total(x):
-    """Sum of x over the lanes of a warp, in every lane."""
-    for d in ti.static((16, 8, 4, 2, 1)):
-        x += _shuffle_down(x, d)
-    return _from_lane(x, 0)
-
-
-@ti.func
-def _lane_max(x):
-    """Maximum of x over the lanes of a warp, in every lane."""
-    for d in ti.static((16, 8, 4, 2, 1)):
-        x = ti.max(x, _shuffle_down(x, d))
-    return _from_lane(x, 0)
-
-
-@ti.func
-def _last_lane(x):
-    return _from_lane(x, WARP - 1)
-
-
 @functools.lru_cache(maxsize=None)
-def warp_kernels(with_weights: bool = False):
-    """``(forward, backward)`` kernels with one warp per ray (CUDA, float32), launched and laid out exactly
-    like ``kernels('f32', with_weights)``."""
+def warp_kernels(with_weights: bool = False, lanes: int = 16):
+    """``(forward, backward)`` kernels with ``lanes`` (16 or 32) lanes of a warp per ray (CUDA, float32),
+    launched and laid out exactly like ``kernels('f32', with_weights)``.
+
+    The rays of one warp take as many rounds of ``lanes`` samples as its longest ray needs, so that every
+    lane of the warp reaches every shuffle (a ray that ended, or stopped early, idles through them)."""
+    if lanes not in (16, 32):
+        raise ValueError(f"lanes must be 16 or 32, got {lanes}")
     real = ti.f32
     vec3 = ti.types.vector(3, real)
     arr1 = ti.types.ndarray(dtype=real, ndim=1)
     arr2 = ti.types.ndarray(dtype=real, ndim=2)
     offsets_t = ti.types.ndarray(dtype=ti.i64, ndim=1)
     vec4_arr = ti.types.ndarray(dtype=ti.types.vector(4, real), ndim=1)
+    steps = tuple(1 << k for k in range(lanes.bit_length() - 1))  # 1, 2, 4, ... lanes / 2
+    steps_down = tuple(reversed(steps))
+
+    @ti.func
+    def prefix_sum(x, lane):
+        """Inclusive prefix sum of x over the lanes of one ray."""
+        for d in ti.static(steps):
+            y = _shuffle_up(x, d)
+            if lane >= d:
+                x += y
+        return x
+
+    @ti.func
+    def ray_total(x, first):
+        """Sum of x over the lanes of one ray (the first of which is warp lane ``first``), in each of them."""
+        for d in ti.static(steps_down):
+            x += _shuffle_down(x, d)
+        return _from_lane(x, first)
+
+    @ti.func
+    def ray_max(x, first):
+        for d in ti.static(steps_down):
+            x = ti.max(x, _shuffle_down(x, d))
+        return _from_lane(x, first)
+
+    @ti.func
+    def warp_max(x):
+        for d in ti.static((16, 8, 4, 2, 1)):
+            x = ti.max(x, _shuffle_down(x, d))
+        return _from_lane(x, 0)
+
+    @ti.func
+    def ray_of(g, num_rays, offsets: ti.template()):
+        """(ray, lane, its first warp lane, start, end, rounds) of loop index g; rays past the last are empty."""
+        r = g // lanes
+        lane = g % lanes
+        start = ti.i64(0)
+        end = ti.i64(0)
+        if r < num_rays:
+            start = offsets[r]
+            end = offsets[r + 1]
+        rounds = ti.cast(warp_max(ti.cast((end - start + lanes - 1) // lanes, real)), ti.i32)
+        return r, lane, g % WARP - lane, start, end, rounds
 
     @ti.kernel
     def forward(
@@ -200,29 +216,27 @@ def warp_kernels(with_weights: bool = False):
         out: arr2, weights: arr1,
     ):
         ti.loop_config(block_dim=128)
-        for g in range((offsets.shape[0] - 1) * WARP):
-            r = g // WARP
-            lane = g % WARP
-            start = offsets[r]
-            end = offsets[r + 1]
-            trans = real(1.0)  # T at the start of the chunk, the same in every lane
+        num_rays = offsets.shape[0] - 1
+        for g in range((num_rays * lanes + WARP - 1) // WARP * WARP):  # whole warps
+            r, lane, first, start, end, rounds = ray_of(g, num_rays, offsets)
+            trans = real(1.0)  # T at the start of the round, the same in every lane of the ray
             final = real(1.0)
-            colour = vec3(0.0)  # this lane's share, summed over the warp at the end
-            depth = real(0.0)
-            base = start
             stopped = False
-            while base < end:
-                i = base + lane
+            colour = vec3(0.0)  # this lane's share, summed over the ray's lanes at the end
+            depth = real(0.0)
+            for k in range(rounds):
+                i = start + k * lanes + lane
+                live = i < end and not stopped
                 tau = real(0.0)
                 c = vec3(0.0)
                 t_i = real(0.0)
-                if i < end:
+                if live:
                     tau = sigma[i] * dt[i]
                     c = vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])
                     t_i = t[i]
-                before = _lane_prefix_sum(tau, lane) - tau
+                before = prefix_sum(tau, lane) - tau
                 trans_k = trans * ti.exp(-before)
-                counted = i < end and (i == start or trans_k >= eps)
+                counted = live and (i == start or trans_k >= eps)
                 w = real(0.0)
                 if counted:
                     w = trans_k * (1 - ti.exp(-tau))
@@ -231,25 +245,20 @@ def warp_kernels(with_weights: bool = False):
                 if ti.static(with_weights):
                     if i < end:
                         weights[i] = w
-                trans_next = trans * ti.exp(-_last_lane(before + tau))
-                if trans_next < eps:  # stops in this chunk: T_n is the T of the first sample not counted
-                    final = _lane_max(ti.select(counted, real(-1.0), trans_k))
-                    final = ti.max(final, trans_next)
-                    stopped = True
-                    break
-                trans = trans_next
-                base += WARP
+                trans_next = trans * ti.exp(-_from_lane(before + tau, first + lanes - 1))
+                if eps > 0:  # the same branch in every lane: the shuffles inside are safe
+                    # T_n of a ray that stops in this round: the T of its first sample not counted
+                    first_uncounted = ray_max(ti.select(counted, real(-1.0), trans_k), first)
+                    if not stopped and trans_next < eps:
+                        final = ti.max(first_uncounted, trans_next)
+                        stopped = True
+                if not stopped:
+                    trans = trans_next
             if not stopped:
                 final = trans
-            if ti.static(with_weights):
-                base += WARP
-                while base < end:  # terminated early: the rest carry no weight
-                    if base + lane < end:
-                        weights[base + lane] = 0
-                    base += WARP
-            colour = vec3(_lane_total(colour[0]), _lane_total(colour[1]), _lane_total(colour[2]))
-            depth = _lane_total(depth)
-            if lane == 0:
+            colour = vec3(ray_total(colour[0], first), ray_total(colour[1], first), ray_total(colour[2], first))
+            depth = ray_total(depth, first)
+            if lane == 0 and r < num_rays:
                 b = r * bg_stride
                 for k in ti.static(range(3)):
                     out[r, COLOUR + k] = colour[k] + final * bg[b, k]
@@ -259,61 +268,53 @@ def warp_kernels(with_weights: bool = False):
 
     @ti.kernel
     def backward(
-        sigma: arr1, rgb: arr2, t: arr1, dt: arr1, offsets: offsets_t, eps: real, out: arr2, grad: arr2,
-        grad_in: vec4_arr,
+        sigma: arr1, rgb: arr2, t: arr1, dt: arr1, offsets: offsets_t, eps: real, out: arr2, g_colour: arr2,
+        g_opacity: arr1, g_depth: arr1, grad_in: vec4_arr,
     ):
         ti.loop_config(block_dim=128)
-        for g in range((offsets.shape[0] - 1) * WARP):
-            r = g // WARP
-            lane = g % WARP
-            start = offsets[r]
-            end = offsets[r + 1]
-            g_colour = vec3(grad[r, 0], grad[r, 1], grad[r, 2])
-            g_depth = grad[r, 4]
-            common = grad[r, 3] * out[r, TRANS]  # the A term, the same for every sample of the ray
-            total_colour = vec3(out[r, COLOUR], out[r, COLOUR + 1], out[r, COLOUR + 2])
-            total_depth = out[r, DEPTH]
+        num_rays = offsets.shape[0] - 1
+        for g in range((num_rays * lanes + WARP - 1) // WARP * WARP):
+            r, lane, first, start, end, rounds = ray_of(g, num_rays, offsets)
+            gc = vec3(0.0)
+            gd = real(0.0)
+            common = real(0.0)  # the A term, the same for every sample of the ray
+            total = real(0.0)
+            if r < num_rays:
+                gc = vec3(g_colour[r, 0], g_colour[r, 1], g_colour[r, 2])
+                gd = g_depth[r]
+                common = g_opacity[r] * out[r, TRANS]
+                # g_C . S_k + g_D Z_k = total - sum_{i<=k} w_i h_i with h_i = g_C . c_i + g_D t_i
+                total = gc.dot(vec3(out[r, COLOUR], out[r, COLOUR + 1], out[r, COLOUR + 2])) + gd * out[r, DEPTH]
             trans = real(1.0)
-            done_colour = vec3(0.0)  # sum of w c over the chunks before this one
-            done_depth = real(0.0)
+            done = real(0.0)  # sum of w h over the rounds before this one
             stopped = False
-            base = start
-            while base < end:
-                i = base + lane
+            for k in range(rounds):
+                i = start + k * lanes + lane
+                live = i < end and not stopped
                 tau = real(0.0)
                 d_t = real(0.0)
-                c = vec3(0.0)
-                t_i = real(0.0)
-                if i < end and not stopped:
+                h = real(0.0)
+                if live:
                     d_t = dt[i]
                     tau = sigma[i] * d_t
-                    c = vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])
-                    t_i = t[i]
-                before = _lane_prefix_sum(tau, lane) - tau
+                    h = gc.dot(vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])) + gd * t[i]
+                before = prefix_sum(tau, lane) - tau
                 trans_k = trans * ti.exp(-before)
                 e = ti.exp(-tau)
-                counted = i < end and not stopped and (i == start or trans_k >= eps)
+                counted = live and (i == start or trans_k >= eps)
                 w = real(0.0)
                 if counted:
                     w = trans_k * (1 - e)
-                upto_colour = done_colour + vec3(_lane_prefix_sum(w * c[0], lane), _lane_prefix_sum(w * c[1], lane),
-                                                 _lane_prefix_sum(w * c[2], lane))
-                upto_depth = done_depth + _lane_prefix_sum(w * t_i, lane)
+                upto = done + prefix_sum(w * h, lane)
                 if i < end:
                     value = ti.Vector([0.0, 0.0, 0.0, 0.0], dt=real)
                     if counted:
-                        trans_next = trans_k * e
-                        suffix = total_colour - upto_colour  # S_k
-                        suffix_depth = total_depth - upto_depth  # Z_k
-                        dtau = (g_colour.dot(trans_next * c - suffix) + common
-                                + g_depth * (trans_next * t_i - suffix_depth))
-                        value = ti.Vector([d_t * dtau, w * g_colour[0], w * g_colour[1], w * g_colour[2]])
+                        dtau = trans_k * e * h - (total - upto) + common
+                        value = ti.Vector([d_t * dtau, w * gc[0], w * gc[1], w * gc[2]])
                     grad_in[i] = value
-                done_colour = vec3(_last_lane(upto_colour[0]), _last_lane(upto_colour[1]), _last_lane(upto_colour[2]))
-                done_depth = _last_lane(upto_depth)
-                trans = trans * ti.exp(-_last_lane(before + tau))
-                if trans < eps:  # the ray stopped in this chunk: later samples get no gradient
+                done = _from_lane(upto, first + lanes - 1)
+                trans = trans * ti.exp(-_from_lane(before + tau, first + lanes - 1))
+                if trans < eps:  # the ray stopped in this round: later samples get no gradient
                     stopped = True
-                base += WARP
 
     return lean(forward), lean(backward)
