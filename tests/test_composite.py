@@ -284,3 +284,29 @@ def test_cuda_matches_twin(max_samples, early_stop_eps, per_ray_bg):
     grads_twin = torch.autograd.grad(loss(want[:3], cots), twin_inputs)
     for got, ref in zip(grads, grads_twin):
         torch.testing.assert_close(got.cpu(), ref, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lanes", [16, 32])
+@pytest.mark.parametrize("early_stop_eps", [0.0, 1e-2])
+def test_cuda_warp_layouts_match_thread_per_ray(lanes, early_stop_eps):
+    """Both warp layouts (the op runs 16 lanes per ray; the benchmark also times 32) give the per-ray
+    kernels' results, weights and input gradients."""
+    if runtime.ensure().arch != "cuda":
+        pytest.skip("Taichi runs on the CPU backend in this process")
+    from tvq.kernels.composite import OUT_COLUMNS, kernels, warp_kernels
+
+    sigma, rgb, t, dt, offsets, bg = packed_batch(301, 100, seed=11, device="cuda")
+    sigma = sigma * 3
+    num_rays, num_samples = offsets.numel() - 1, sigma.numel()
+    cots = [c.cuda() for c in cotangents(num_rays, torch.float32)]
+    results = []
+    for forward, backward in (kernels("f32", True), warp_kernels(True, lanes)):
+        out = torch.empty(num_rays, OUT_COLUMNS, device="cuda")
+        weights = torch.empty(num_samples, device="cuda")
+        grad_in = torch.empty(num_samples, 4, device="cuda")
+        forward(sigma, rgb, t, dt, offsets, bg[None], 0, early_stop_eps, out, weights)
+        backward(sigma, rgb, t, dt, offsets, early_stop_eps, out, *cots, grad_in)
+        results.append((out, weights, grad_in))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
