@@ -263,8 +263,8 @@ def test_gradcheck_composite_early_stop():
 @pytest.mark.parametrize("max_samples, early_stop_eps, per_ray_bg", [(40, 0.0, False), (100, 0.0, True),
                                                                      (100, 1e-2, True)])
 def test_cuda_matches_twin(max_samples, early_stop_eps, per_ray_bg):
-    """On CUDA a warp composites a ray 32 samples at a time: rays of up to 100 samples cross several
-    chunks, and early termination must stop where the sample-by-sample twin stops."""
+    """On CUDA 16 lanes of a warp composite a ray, 16 samples a round: rays of up to 100 samples take
+    several rounds, and early termination must stop where the sample-by-sample twin stops."""
     if runtime.ensure().arch != "cuda":
         pytest.skip("Taichi runs on the CPU backend in this process")
     sigma, rgb, t, dt, offsets, bg = packed_batch(300, max_samples, seed=9)

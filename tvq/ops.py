@@ -235,11 +235,14 @@ class Composited(NamedTuple):
     weights: torch.Tensor | None = None
 
 
-def _composite_kernels(device: torch.device, dtype: str, with_weights: bool):
+WARP_RAYS_LIMIT = 1 << 26  # the warp kernels index lanes with int32: 16 per ray
+
+
+def _composite_kernels(device: torch.device, dtype: str, with_weights: bool, num_rays: int):
     """16 lanes of a warp per ray on CUDA in float32 (coalesced), one thread per ray otherwise."""
     from .kernels.composite import kernels, warp_kernels
 
-    if device.type == "cuda" and dtype == "f32":
+    if device.type == "cuda" and dtype == "f32" and num_rays < WARP_RAYS_LIMIT:
         return warp_kernels(with_weights)
     return kernels(dtype, with_weights)
 
@@ -250,8 +253,8 @@ class _Composite(torch.autograd.Function):
         from .kernels.composite import OUT_COLUMNS
 
         dtype = "f64" if sigma.dtype == torch.float64 else "f32"
-        forward_kernel, _ = _composite_kernels(sigma.device, dtype, with_weights)
         num_rays = ray_offsets.numel() - 1
+        forward_kernel, _ = _composite_kernels(sigma.device, dtype, with_weights, num_rays)
         sigma_, rgb_, t_, dt_, offsets = _plain(sigma), _plain(rgb), _plain(t), _plain(dt), _plain(ray_offsets)
         bg = _plain(background).reshape(-1, 3)
         out = torch.empty(num_rays, OUT_COLUMNS, dtype=sigma.dtype, device=sigma.device)
@@ -265,12 +268,13 @@ class _Composite(torch.autograd.Function):
         return out[:, 0:3], out[:, 3], out[:, 4], weights
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the backward kernels record no graph
     def backward(ctx, g_colour, g_opacity, g_depth, _g_weights):
         sigma_, rgb_, t_, dt_, offsets, out = ctx.saved_tensors
-        _, backward_kernel = _composite_kernels(sigma_.device, ctx.dtype, False)
+        _, backward_kernel = _composite_kernels(sigma_.device, ctx.dtype, False, offsets.numel() - 1)
         grad_in = torch.empty(sigma_.shape[0], 4, dtype=sigma_.dtype, device=sigma_.device)
         if sigma_.shape[0]:
-            cots = [g.to(sigma_.dtype).contiguous() for g in (g_colour, g_opacity, g_depth)]
+            cots = [_plain(g.to(sigma_.dtype)) for g in (g_colour, g_opacity, g_depth)]
             backward_kernel(sigma_, rgb_, t_, dt_, offsets, ctx.early_stop_eps, out, *cots, grad_in)
         d_background = None
         if ctx.needs_input_grad[5]:

@@ -21,18 +21,20 @@ transmittance, which would fail once T underflows), and the suffixes come from t
 S_k = C - sum_{i<=k} w_i c_i and Z_k = D - sum_{i<=k} w_i t_i.
 
 Two implementations of these formulas. ``kernels`` runs one thread per ray, walking its samples in order
-(any arch, float32 or float64). ``warp_kernels`` (CUDA, float32) gives each ray 16 (or 32) lanes of a warp,
-a lane per sample, one round of 16 samples at a time: a thread per ray reads and writes samples 16 or so
-rows apart across a warp, while the lanes of one ray touch consecutive rows, so loads and stores are
-coalesced. The running products and sums become prefix sums over the ray's lanes (warp shuffles), in the
-log domain for transmittance, T_k = T_round exp(-sum_{j<k in round} tau_j), and each round's totals carry
-to the next. Early termination keeps the thread-per-ray semantics: sample k > 0 counts when T_k >= eps (T is
-non-increasing, so the counted samples are a prefix), and the ray's T_n is the transmittance after the
-last counted sample. The backward pass needs the suffixes only through g_C . S_k + g_D Z_k, which is
-g_C . C + g_D D minus a prefix sum of w_i (g_C . c_i + g_D t_i): one scalar prefix sum per chunk.
+(any arch, float32 or float64). ``warp_kernels`` (CUDA, float32) gives each ray ``lanes`` (16, or 32) lanes
+of a warp, a lane per sample, one round of ``lanes`` samples at a time. A thread per ray reads and writes
+rows a ray's length apart across a warp; the lanes of one ray touch consecutive rows, so loads and stores
+are coalesced. Transmittance is a prefix sum of tau over the ray's lanes (warp shuffles) in the log domain,
+T_k = T_round exp(-sum_{j<k in round} tau_j), carried from round to round; C and D are per-lane partial sums
+added over the ray's lanes at the end. Early termination keeps the thread-per-ray semantics: sample k > 0
+counts when T_k >= eps (T is non-increasing, so in exact arithmetic the counted samples are a prefix), and
+the ray's T_n is the transmittance after the last counted sample. The backward pass needs the suffixes only
+through g_C . S_k + g_D Z_k, which is g_C . C + g_D D minus a prefix sum of w_i (g_C . c_i + g_D t_i): one
+scalar prefix sum per round.
 
 Launch layout: the per-ray results as one (R, 6) tensor [C (3), A, D, T_n]; the input gradients as one
-(S, 4) tensor [dsigma, dc (3)]: one allocation and one argument each. The background is a (B, 3) tensor
+(S, 4) tensor [dsigma, dc (3)]: one allocation and one argument each; the cotangents as three tensors
+g_C (R, 3), g_A (R,), g_D (R,). The background is a (B, 3) tensor
 read at row r * bg_stride (B = 1 and stride 0 for one colour). dbg is a reduction left to torch.
 """
 
@@ -187,6 +189,7 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
 
     @ti.func
     def ray_max(x, first):
+        """Maximum of x over the lanes of one ray, in each of them."""
         for d in ti.static(steps_down):
             x = ti.max(x, _shuffle_down(x, d))
         return _from_lane(x, first)
@@ -199,7 +202,8 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
 
     @ti.func
     def ray_of(g, num_rays, offsets: ti.template()):
-        """(ray, lane, its first warp lane, start, end, rounds) of loop index g; rays past the last are empty."""
+        """(ray, lane, its first warp lane, start, end, rounds) of loop index g; rays past the last are empty.
+        Taichi's range-for runs index g on hardware lane g % 32 (grid-stride, block_dim a multiple of 32)."""
         r = g // lanes
         lane = g % lanes
         start = ti.i64(0)
@@ -247,7 +251,8 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                         weights[i] = w
                 trans_next = trans * ti.exp(-_from_lane(before + tau, first + lanes - 1))
                 if eps > 0:  # the same branch in every lane: the shuffles inside are safe
-                    # T_n of a ray that stops in this round: the T of its first sample not counted
+                    # T_n of a ray that stops in this round: the T of its first sample not counted, or the T
+                    # after the round when all of its samples counted
                     first_uncounted = ray_max(ti.select(counted, real(-1.0), trans_k), first)
                     if not stopped and trans_next < eps:
                         final = ti.max(first_uncounted, trans_next)
