@@ -247,9 +247,9 @@ def field_from_checkpoint(ckpt: dict, device) -> RadianceField:
 # ---- the trainer -----------------------------------------------------------------------------------
 
 
-def lod_probabilities(num_lods: int) -> torch.Tensor:
+def lod_probabilities(num_lods: int) -> np.ndarray:
     """Each finer LOD twice as likely as the one before."""
-    w = torch.tensor([2.0**i for i in range(num_lods)])
+    w = 2.0 ** np.arange(num_lods)
     return w / w.sum()
 
 
@@ -377,7 +377,7 @@ class Trainer:
         c = self.config
         self._set_learning_rate()
         rng = np.random.default_rng((c.seed, self.step))  # this step's draws, whatever happened before
-        lod = int(rng.choice(c.num_lods, p=self.lod_probs.numpy()))
+        lod = int(rng.choice(c.num_lods, p=self.lod_probs))
         self.generator.manual_seed(int(rng.integers(1 << 62)))
         origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
         options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,

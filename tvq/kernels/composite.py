@@ -51,6 +51,17 @@ WARP = 32
 ALL_LANES = 0xFFFFFFFF
 
 
+@ti.func
+def _write_ray(out: ti.template(), bg: ti.template(), r, bg_stride, colour, depth, final):
+    """Row r of the per-ray output: C over the background, A, D and T_n."""
+    b = r * bg_stride
+    for k in ti.static(range(3)):
+        out[r, COLOUR + k] = colour[k] + final * bg[b, k]
+    out[r, OPACITY] = 1 - final
+    out[r, DEPTH] = depth
+    out[r, TRANS] = final
+
+
 @functools.lru_cache(maxsize=None)
 def kernels(dtype: str = "f32", with_weights: bool = False):
     """``(forward, backward)`` kernels for float ``dtype`` ('f32' or 'f64'); ``with_weights`` makes the
@@ -91,12 +102,7 @@ def kernels(dtype: str = "f32", with_weights: bool = False):
                 while i < end:  # terminated early: the rest carry no weight
                     weights[i] = 0
                     i += 1
-            b = r * bg_stride
-            for c in ti.static(range(3)):
-                out[r, COLOUR + c] = colour[c] + trans * bg[b, c]
-            out[r, OPACITY] = 1 - trans
-            out[r, DEPTH] = depth
-            out[r, TRANS] = trans
+            _write_ray(out, bg, r, bg_stride, colour, depth, trans)
 
     @ti.kernel
     def backward(
@@ -264,12 +270,7 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
             colour = vec3(ray_total(colour[0], first), ray_total(colour[1], first), ray_total(colour[2], first))
             depth = ray_total(depth, first)
             if lane == 0 and r < num_rays:
-                b = r * bg_stride
-                for k in ti.static(range(3)):
-                    out[r, COLOUR + k] = colour[k] + final * bg[b, k]
-                out[r, OPACITY] = 1 - final
-                out[r, DEPTH] = depth
-                out[r, TRANS] = final
+                _write_ray(out, bg, r, bg_stride, colour, depth, final)
 
     @ti.kernel
     def backward(
