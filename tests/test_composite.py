@@ -289,15 +289,20 @@ def test_cuda_matches_twin(max_samples, early_stop_eps, per_ray_bg):
 @pytest.mark.cuda
 @pytest.mark.parametrize("lanes", [16, 32])
 @pytest.mark.parametrize("early_stop_eps", [0.0, 1e-2])
-def test_cuda_warp_layouts_match_thread_per_ray(lanes, early_stop_eps):
+@pytest.mark.parametrize("extreme", [False, True])
+def test_cuda_warp_layouts_match_thread_per_ray(lanes, early_stop_eps, extreme):
     """Both warp layouts (the op runs 16 lanes per ray; the benchmark also times 32) give the per-ray
-    kernels' results, weights and input gradients."""
+    kernels' results, weights and input gradients; also with huge and infinite densities among the
+    samples (a diverged field), which must neither turn into NaN nor blur the transmittance next to them."""
     if runtime.ensure().arch != "cuda":
         pytest.skip("Taichi runs on the CPU backend in this process")
     from tvq.kernels.composite import OUT_COLUMNS, kernels, warp_kernels
 
     sigma, rgb, t, dt, offsets, bg = packed_batch(301, 100, seed=11, device="cuda")
     sigma = sigma * 3
+    if extreme:
+        sigma[::37] = 1e6
+        sigma[5::53] = float("inf")
     num_rays, num_samples = offsets.numel() - 1, sigma.numel()
     cots = [c.cuda() for c in cotangents(num_rays, torch.float32)]
     results = []
@@ -309,4 +314,5 @@ def test_cuda_warp_layouts_match_thread_per_ray(lanes, early_stop_eps):
         backward(sigma, rgb, t, dt, offsets, early_stop_eps, out, *cots, grad_in)
         results.append((out, weights, grad_in))
     for got, want in zip(*results):
+        assert torch.isfinite(want).all()
         torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)

@@ -27,8 +27,9 @@ rows a ray's length apart across a warp; the lanes of one ray touch consecutive 
 are coalesced. Transmittance is a prefix sum of tau over the ray's lanes (warp shuffles) in the log domain,
 T_k = T_round exp(-sum_{j<k in round} tau_j), carried from round to round; C and D are per-lane partial sums
 added over the ray's lanes at the end. Early termination keeps the thread-per-ray semantics: sample k > 0
-counts when T_k >= eps (T is non-increasing, so in exact arithmetic the counted samples are a prefix), and
-the ray's T_n is the transmittance after the last counted sample. The backward pass needs the suffixes only
+counts when T_k >= eps and every sample before it counted (a prefix count of the samples left out, so
+rounding never breaks the prefix), and the ray's T_n is the T of its first sample left out, or the T after
+its last sample when none was. The backward pass needs the suffixes only
 through g_C . S_k + g_D Z_k, which is g_C . C + g_D D minus a prefix sum of w_i (g_C . c_i + g_D t_i): one
 scalar prefix sum per round.
 
@@ -201,6 +202,33 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
         return _from_lane(x, first)
 
     @ti.func
+    def transmittance(trans, tau, lane, first):
+        """(sum of tau over the ray's lanes in this round, T of this lane's sample) given T at the round's
+        start. The exclusive prefix is the inclusive one moved up a lane, not inclusive minus tau, which
+        would lose the small terms next to a huge tau and give inf - inf = NaN for an infinite one."""
+        inclusive = prefix_sum(tau, lane)
+        before = _shuffle_up(inclusive, 1)
+        if lane == 0:
+            before = real(0.0)
+        return _from_lane(inclusive, first + lanes - 1), trans * ti.exp(-before)
+
+    @ti.func
+    def early_stop(live, is_first, trans_k, eps, lane, first):
+        """(counted, whether the ray stops in this round, T of its first sample not counted if it does).
+        Sample k > 0 counts when T_k >= eps and every sample before it counted: an ulp-level wobble of T
+        around eps never counts a sample after one that was left out."""
+        counted = live
+        stops = False
+        first_stop = real(-1.0)
+        if eps > 0:  # the same branch in every lane: the shuffles inside are safe
+            short = live and not is_first and trans_k < eps
+            shorts = prefix_sum(ti.select(short, real(1.0), real(0.0)), lane)  # exact small counts
+            counted = live and shorts == 0
+            stops = _from_lane(shorts, first + lanes - 1) > 0
+            first_stop = ray_max(ti.select(short and shorts == 1, trans_k, real(-1.0)), first)
+        return counted, stops, first_stop
+
+    @ti.func
     def warp_max(x):
         for d in ti.static((16, 8, 4, 2, 1)):
             x = ti.max(x, _shuffle_down(x, d))
@@ -244,9 +272,8 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                     tau = sigma[i] * dt[i]
                     c = vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])
                     t_i = t[i]
-                before = prefix_sum(tau, lane) - tau
-                trans_k = trans * ti.exp(-before)
-                counted = live and (i == start or trans_k >= eps)
+                through, trans_k = transmittance(trans, tau, lane, first)
+                counted, stops, first_stop = early_stop(live, i == start, trans_k, eps, lane, first)
                 w = real(0.0)
                 if counted:
                     w = trans_k * (1 - ti.exp(-tau))
@@ -255,14 +282,11 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                 if ti.static(with_weights):
                     if i < end:
                         weights[i] = w
-                trans_next = trans * ti.exp(-_from_lane(before + tau, first + lanes - 1))
-                if eps > 0:  # the same branch in every lane: the shuffles inside are safe
-                    # T_n of a ray that stops in this round: the T of its first sample not counted, or the T
-                    # after the round when all of its samples counted
-                    first_uncounted = ray_max(ti.select(counted, real(-1.0), trans_k), first)
-                    if not stopped and trans_next < eps:
-                        final = ti.max(first_uncounted, trans_next)
-                        stopped = True
+                trans_next = trans * ti.exp(-through)
+                if not stopped and (stops or trans_next < eps):
+                    # T_n: the T of the ray's first sample not counted, or the T after the round when all counted
+                    final = ti.select(stops, first_stop, trans_next)
+                    stopped = True
                 if not stopped:
                     trans = trans_next
             if not stopped:
@@ -304,10 +328,9 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                     d_t = dt[i]
                     tau = sigma[i] * d_t
                     h = gc.dot(vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])) + gd * t[i]
-                before = prefix_sum(tau, lane) - tau
-                trans_k = trans * ti.exp(-before)
+                through, trans_k = transmittance(trans, tau, lane, first)
                 e = ti.exp(-tau)
-                counted = live and (i == start or trans_k >= eps)
+                counted, stops, _ = early_stop(live, i == start, trans_k, eps, lane, first)
                 w = real(0.0)
                 if counted:
                     w = trans_k * (1 - e)
@@ -319,8 +342,8 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                         value = ti.Vector([d_t * dtau, w * gc[0], w * gc[1], w * gc[2]])
                     grad_in[i] = value
                 done = _from_lane(upto, first + lanes - 1)
-                trans = trans * ti.exp(-_from_lane(before + tau, first + lanes - 1))
-                if trans < eps:  # the ray stopped in this round: later samples get no gradient
+                trans = trans * ti.exp(-through)
+                if stops or trans < eps:  # the ray stopped in this round: later samples get no gradient
                     stopped = True
 
     return lean(forward), lean(backward)
