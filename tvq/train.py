@@ -78,6 +78,7 @@ class TrainConfig:
     eval_every: int = 500
     eval_views: int = 4  # views of the test split rendered for the periodic check
     checkpoint_every: int = 500
+    checkpoint_seconds: float = 60.0  # and at least this much training time apart (a VQ checkpoint is ~1 GB)
     mask_threshold: float = 0.5
 
     def validate(self) -> None:
@@ -415,6 +416,7 @@ class Trainer:
         self._check_parameters()
         self.save_checkpoint()
         self._last_save = self.step
+        self._last_save_elapsed = self.elapsed
 
     # -- pruning --
 
@@ -510,6 +512,7 @@ class Trainer:
         budget_s = c.minutes * 60 if c.minutes else None
         stats = {"rays": 0, "samples": 0, "t0": time.perf_counter()}
         self._last_save = self.step
+        self._last_save_elapsed = self.elapsed
         self._interrupted = False
         self._pending.clear()
         # Ctrl-C finishes the step in flight, so the checkpoint it leaves is a consistent state.
@@ -555,7 +558,8 @@ class Trainer:
             pruning = self.step in (c.prune_at or ())
             quantizing = self.warming_up and self.warmup_over()
             checking = evaluate is not None and c.eval_every and self.step % c.eval_every == 0
-            saving = c.checkpoint_every and self.step % c.checkpoint_every == 0
+            saving = (c.checkpoint_every and self.step % c.checkpoint_every == 0
+                      and self.elapsed - self._last_save_elapsed >= c.checkpoint_seconds)
             done = self.step >= c.iters or (budget_s is not None and self.elapsed >= budget_s)
             if pruning or quantizing or checking or saving or done or self._interrupted:
                 self._timed(self._read_losses)  # nothing is built on a diverged state
