@@ -229,6 +229,19 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
         return counted, stops, first_stop
 
     @ti.func
+    def weigh(trans, tau, live, is_first, eps, lane, first):
+        """One round's arithmetic, shared by both passes so the backward counts exactly the forward's
+        samples: (sum of tau over the round, T_k, exp(-tau), counted, whether the ray stops, T of its first
+        sample not counted, w_k)."""
+        through, trans_k = transmittance(trans, tau, lane, first)
+        e = ti.exp(-tau)
+        counted, stops, first_stop = early_stop(live, is_first, trans_k, eps, lane, first)
+        w = real(0.0)
+        if counted:
+            w = trans_k * (1 - e)
+        return through, trans_k, e, counted, stops, first_stop, w
+
+    @ti.func
     def warp_max(x):
         for d in ti.static((16, 8, 4, 2, 1)):
             x = ti.max(x, _shuffle_down(x, d))
@@ -272,11 +285,7 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                     tau = sigma[i] * dt[i]
                     c = vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])
                     t_i = t[i]
-                through, trans_k = transmittance(trans, tau, lane, first)
-                counted, stops, first_stop = early_stop(live, i == start, trans_k, eps, lane, first)
-                w = real(0.0)
-                if counted:
-                    w = trans_k * (1 - ti.exp(-tau))
+                through, _, _, _, stops, first_stop, w = weigh(trans, tau, live, i == start, eps, lane, first)
                 colour += w * c
                 depth += w * t_i
                 if ti.static(with_weights):
@@ -328,12 +337,7 @@ def warp_kernels(with_weights: bool = False, lanes: int = 16):
                     d_t = dt[i]
                     tau = sigma[i] * d_t
                     h = gc.dot(vec3(rgb[i, 0], rgb[i, 1], rgb[i, 2])) + gd * t[i]
-                through, trans_k = transmittance(trans, tau, lane, first)
-                e = ti.exp(-tau)
-                counted, stops, _ = early_stop(live, i == start, trans_k, eps, lane, first)
-                w = real(0.0)
-                if counted:
-                    w = trans_k * (1 - e)
+                through, trans_k, e, counted, stops, _, w = weigh(trans, tau, live, i == start, eps, lane, first)
                 upto = done + prefix_sum(w * h, lane)
                 if i < end:
                     value = ti.Vector([0.0, 0.0, 0.0, 0.0], dt=real)
