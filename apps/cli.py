@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -26,12 +27,52 @@ app = typer.Typer(
 
 _state = {"debug": False}
 
-ArchOption = typer.Option(None, "--arch", help="Taichi backend: auto, cuda or cpu (default: $TVQ_ARCH, else auto).")
+
+
+class Arch(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class OctreeSource(str, Enum):
+    auto = "auto"
+    depth = "depth"
+    masks = "masks"
+
+
+ArchOption = typer.Option(None, "--arch", help="Taichi backend (default: $TVQ_ARCH, else auto: CUDA when usable).")
+
+
+def _value(choice: Optional[Enum]) -> Optional[str]:
+    return None if choice is None else choice.value
+
+
+def versions() -> str:
+    """tvq's version and those of the packages it is tested with (read from the installed metadata, so
+    Taichi and torch are not imported just to print them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"tvq {of('tvq')} (taichi {of('taichi')}, torch {of('torch')}, typer {of('typer')})"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(versions())
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the versions of tvq, Taichi, torch and Typer, then exit."),
 ) -> None:
     _state["debug"] = debug
 
@@ -100,13 +141,14 @@ def train_cmd(
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
-    octree: str = typer.Option("auto", "--octree", help="Octree source: auto (depth if present), depth or masks."),
+    octree: OctreeSource = typer.Option(OctreeSource.auto, "--octree",
+                                        help="Octree source: depth maps, masks (visual hull), or auto (depth if present)."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
                                  "(default: 500,2000 for a mask-carved octree, none for depth)."),
     eval_every: int = typer.Option(1000, "--eval-every", help="Steps between quick test-PSNR checks (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out where it stopped."),
-    arch: Optional[str] = ArchOption,
+    arch: Optional[Arch] = ArchOption,
 ) -> None:
     """Train a radiance field (raw or vector-quantised) on a scene, then evaluate every LOD."""
     from tvq.job import format_table, train_scene
@@ -115,9 +157,9 @@ def train_cmd(
     steps = _parse_steps(prune_at) if prune_at else None
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
                          batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup,
-                         samples_per_cell=samples_per_cell, octree_from=octree, prune_at=steps, eval_every=eval_every,
+                         samples_per_cell=samples_per_cell, octree_from=octree.value, prune_at=steps, eval_every=eval_every,
                          seed=seed)
-    metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=arch)
+    metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=_value(arch))
     typer.echo(format_table(metrics))
     typer.echo(f"metrics: {out / 'metrics.json'}   renders: {out / 'renders'}   checkpoint: {out / 'checkpoint.pt'}")
 
@@ -127,12 +169,12 @@ def demo_cmd(
     out: Path = typer.Option(Path("tvq-demo"), "--out", "-o", help="Folder for the demo scene and the trained model."),
     bits: int = typer.Option(4, "--bits", help="Index bitwidth of the VQ model (0: raw features)."),
     iters: int = typer.Option(1500, "--iters", help="Training steps."),
-    arch: Optional[str] = ArchOption,
+    arch: Optional[Arch] = ArchOption,
 ) -> None:
     """Make the built-in scene (if needed), train a small VQ model on it, evaluate, print a table."""
     from tvq.job import demo
 
-    demo(out, bits=bits, iters=iters, arch=arch, echo=typer.echo)
+    demo(out, bits=bits, iters=iters, arch=_value(arch), echo=typer.echo)
 
 
 @app.command("render")
@@ -143,43 +185,53 @@ def render_cmd(
     lod: Optional[int] = typer.Option(None, "--lod", help="LOD to render (default: the finest)."),
     size: Optional[int] = typer.Option(None, "--size", help="Image width (height follows the training aspect)."),
     fps: int = typer.Option(24, "--fps", min=1, help="Frames per second of a video."),
-    arch: Optional[str] = ArchOption,
+    arch: Optional[Arch] = ArchOption,
 ) -> None:
     """Render an orbit of a trained model as PNG frames, a GIF or an MP4."""
     from tvq.job import render_orbit
 
-    written = render_orbit(checkpoint, out, frames=orbit, lod=lod, width=size, fps=fps, arch=arch)
+    written = render_orbit(checkpoint, out, frames=orbit, lod=lod, width=size, fps=fps, arch=_value(arch))
     typer.echo(f"wrote {written}")
 
 
+def _click_exception_type() -> type:
+    """The base class of the command-line parser's usage errors: click's ``ClickException`` with a Typer
+    that depends on click, or the copy a newer Typer carries; found through ``typer.BadParameter`` so that
+    no package the project does not declare is imported."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: run the app, turning TvqError into one line and exit code 2."""
+    """Console entry point. Exit codes: 0 done (also ``--help`` and ``--version``); 2 a usage error (the
+    usage line and the error on stderr) or a ``TvqError`` (one line on stderr); 130 interrupted; 1 a bug
+    (one line naming it; ``--debug`` shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="tvq", standalone_mode=False)
     except TvqError as err:
         if debug:
             raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):  # Typers that depend on click turn Ctrl-C into Abort
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:  # click's usage errors and anything unexpected
-        import click
-
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(2)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(130)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except _click_exception_type() as err:
+        err.show()
+        sys.exit(2 if err.exit_code == 1 else err.exit_code)  # usage errors carry 2; other parser errors too
+    except Exception as err:
         if debug:
             raise
         typer.echo(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True)
         sys.exit(1)
+    # Without standalone mode Typer returns the exit code of --help, --version and Ctrl-C (130).
+    if isinstance(code, int) and code != 0:
+        if code == 130:
+            typer.echo("interrupted", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

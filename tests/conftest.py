@@ -34,3 +34,27 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _console_script() -> str:
+    import shutil
+    import sys
+
+    script = shutil.which("tvq") or shutil.which("tvq", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.fail("the `tvq` console command is not installed: run `pip install -e .` first")
+    return script
+
+
+@pytest.fixture(scope="session")
+def tvq():
+    """Run the installed `tvq` console command as a user types it: tvq(*args, cwd=None, timeout=600)."""
+    import subprocess
+
+    script = _console_script()
+
+    def run(*args, cwd=None, timeout=600):
+        return subprocess.run([script, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+    run.script = script
+    return run

@@ -1,20 +1,13 @@
 """The user's path through the command line: make a scene, train, read metrics, render an orbit."""
 
 import json
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import pytest
 
 
-def tvq(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "tvq.apps.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tvq):
     root = tmp_path_factory.mktemp("e2e")
     made = tvq("make-scene", root / "scene", "--size", 24, "--train", 8, "--val", 1, "--test", 2)
     assert made.returncode == 0, made.stderr
@@ -38,14 +31,14 @@ def test_train_writes_metrics_renders_and_checkpoint(trained):
     assert "PSNR" in run.stdout
 
 
-def test_train_refuses_to_overwrite_a_run(trained):
+def test_train_refuses_to_overwrite_a_run(trained, tvq):
     root, _ = trained
     again = tvq("train", root / "scene", "--out", root / "run", "--iters", 5, "--arch", "cpu")
     assert again.returncode == 2
     assert "--resume" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_render_orbit_gif_and_frames(trained):
+def test_render_orbit_gif_and_frames(trained, tvq):
     root, _ = trained
     gif = tvq("render", root / "run" / "checkpoint.pt", "--orbit", 3, "--size", 20, "--out", root / "orbit.gif",
               "--arch", "cpu")
@@ -62,7 +55,7 @@ def test_render_orbit_gif_and_frames(trained):
     (["--lod", "7"], "--lod"),
     (["--out", "x.bmp"], ".gif"),
 ])
-def test_render_bad_inputs(trained, tmp_path, args, message):
+def test_render_bad_inputs(trained, tvq, tmp_path, args, message):
     root, _ = trained
     base = ["render", root / "run" / "checkpoint.pt", "--orbit", 1, "--size", 8, "--arch", "cpu"]
     if "--out" not in args:
@@ -71,7 +64,7 @@ def test_render_bad_inputs(trained, tmp_path, args, message):
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_render_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+def test_render_rejects_a_file_that_is_not_a_checkpoint(tvq, tmp_path):
     bogus = tmp_path / "checkpoint.pt"
     bogus.write_bytes(b"not a checkpoint")
     proc = tvq("render", bogus, "--out", tmp_path / "o", "--arch", "cpu")

@@ -168,16 +168,16 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
     from .render import orbit_poses, render_image
     from .train import field_from_checkpoint, load_checkpoint
 
-    runtime.init(arch)
     out = Path(out)
     suffix = "" if out.is_dir() else out.suffix.lower()
     if suffix not in ("", ".gif", ".mp4"):
         raise TvqError(f"{out}: --out must be a folder, a .gif or a .mp4 file")
     if not suffix and out.exists() and not out.is_dir():
         raise TvqError(f"{out}: exists and is not a folder")
-    device = runtime.device()
     ckpt = load_checkpoint(checkpoint)
-    field = field_from_checkpoint(ckpt, device).eval()
+    runtime.init(arch)
+    device = runtime.device()
+    field = field_from_checkpoint(ckpt, device, checkpoint).eval()
     lod = field.num_lods - 1 if lod is None else lod
     if not 0 <= lod < field.num_lods:
         raise TvqError(f"--lod must be in 0..{field.num_lods - 1}, got {lod}")

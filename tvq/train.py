@@ -29,7 +29,6 @@ state and the step. They are written to a temporary file and renamed.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import threading
 import time
@@ -39,9 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import runtime
+from . import checkpoint, runtime
 from .data.rays import rays_for_views
-from .atomic import atomic_write
 from .data.scene import Scene
 from .errors import TvqError
 from .field import Decoder, FeatureOctree, RadianceField
@@ -49,8 +47,6 @@ from .metrics import mse_to_psnr
 from .octree import SparseOctree
 from .render import RenderOptions, render_rays
 
-CHECKPOINT_FORMAT = "tvq-checkpoint"
-CHECKPOINT_VERSION = 1
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
 
 
@@ -191,18 +187,6 @@ def vertex_report(octree: SparseOctree, levels) -> str:
 # ---- checkpoints -----------------------------------------------------------------------------------
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)
-
-
 def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = None) -> RadianceField:
     """A fresh field for ``config``; ``kind`` overrides the grid kind (raw features during a VQ warm start)."""
     kind = kind or config.kind
@@ -222,25 +206,32 @@ def octree_from_state(state: dict, device) -> SparseOctree:
                                         center=state["center"], scale=state["scale"])
 
 
-def load_checkpoint(path: Path, device=None) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise TvqError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise TvqError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TvqError(f"{path}: not a tvq checkpoint")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise TvqError(f"{path}: checkpoint version {ckpt.get('version')} is not supported")
-    return ckpt
+def load_checkpoint(path: Path) -> dict:
+    """A validated checkpoint (``tvq.checkpoint.load``: plain data only, never arbitrary pickles)."""
+    return checkpoint.load(path)
 
 
-def field_from_checkpoint(ckpt: dict, device) -> RadianceField:
+def field_from_checkpoint(ckpt: dict, device, source="checkpoint") -> RadianceField:
+    """The trained field of a validated checkpoint; parameters that do not fit its octree are refused
+    (``source`` names the file in the message)."""
     config = TrainConfig(**ckpt["config"])
+    try:
+        config.validate()
+    except TvqError as err:
+        raise TvqError(f"{source}: checkpoint config: {err}") from None
     octree = octree_from_state(ckpt["octree"], device)
-    field_ = make_field(octree, config, kind=ckpt.get("grid_kind"))
+    field_ = make_field(octree, config, kind=ckpt["grid_kind"])
+    expected = field_.state_dict()
+    for name, tensor in ckpt["field"].items():
+        if name not in expected:
+            raise TvqError(f"{source}: checkpoint field 'field.{name}' is not a parameter of a {ckpt['grid_kind']} "
+                           "model")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise TvqError(f"{source}: checkpoint field 'field.{name}' has shape {tuple(tensor.shape)}, the octree "
+                           f"needs {tuple(expected[name].shape)}")
+    missing = sorted(set(expected) - set(ckpt["field"]))
+    if missing:
+        raise TvqError(f"{source}: checkpoint field 'field.{missing[0]}' is missing")
     field_.load_state_dict(ckpt["field"])
     return field_
 
@@ -328,17 +319,17 @@ class Trainer:
         trained_on = ckpt.get("device_type", "cpu")
         if trained_on != self.device.type:
             raise TvqError(f"{self.checkpoint_path}: trained with arch {trained_on}; resume it with --arch {trained_on}")
-        self.field = field_from_checkpoint(ckpt, self.device)
+        self.field = field_from_checkpoint(ckpt, self.device, self.checkpoint_path)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
 
     def save_checkpoint(self) -> None:
-        atomic_save(
+        checkpoint.save(
             {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
+                "format": checkpoint.FORMAT,
+                "version": checkpoint.VERSION,
                 "config": asdict(self.config),
                 "scene": {"root": str(self.scene.root), "format": self.scene.format,
                           "background": [float(x) for x in self.scene.background]},
