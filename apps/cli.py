@@ -179,19 +179,123 @@ def demo_cmd(
 
 @app.command("render")
 def render_cmd(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by tvq train."),
+    model: Path = typer.Argument(..., help="A model.tvq (or any .tvq) or a checkpoint.pt written by tvq train."),
     out: Path = typer.Option(..., "--out", "-o", help="A folder for PNG frames, or a .gif/.mp4 file."),
     orbit: int = typer.Option(36, "--orbit", min=1, help="Number of frames on an orbit around the scene."),
-    lod: Optional[int] = typer.Option(None, "--lod", help="LOD to render (default: the finest)."),
+    lod: Optional[int] = typer.Option(None, "--lod", help="LOD to render (default: the finest available)."),
     size: Optional[int] = typer.Option(None, "--size", help="Image width (height follows the training aspect)."),
     fps: int = typer.Option(24, "--fps", min=1, help="Frames per second of a video."),
+    max_bytes: Optional[int] = typer.Option(None, "--bytes", min=0, help="Render what the first N bytes of the "
+                                            ".tvq give (the LODs complete in them), as a stream would."),
     arch: Optional[Arch] = ArchOption,
 ) -> None:
     """Render an orbit of a trained model as PNG frames, a GIF or an MP4."""
     from tvq.job import render_orbit
 
-    written = render_orbit(checkpoint, out, frames=orbit, lod=lod, width=size, fps=fps, arch=_value(arch))
+    written = render_orbit(model, out, frames=orbit, lod=lod, width=size, fps=fps, arch=_value(arch),
+                           max_bytes=max_bytes)
     typer.echo(f"wrote {written}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by tvq train."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .tvq file to write."),
+    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding)."),
+) -> None:
+    """Write the .tvq model file of a checkpoint (what tvq train writes as model.tvq)."""
+    from tvq.export import export_checkpoint
+
+    report = export_checkpoint(checkpoint, _tvq_path(out), entropy=not no_entropy)
+    typer.echo(_size_line(out, report))
+
+
+@app.command("info")
+def info_cmd(
+    file: Path = typer.Argument(..., help="A .tvq file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Show a .tvq file's model, its chunk table and its bytes per component, level and LOD."""
+    from tvq import codec
+
+    if not codec.is_tvq(file):
+        raise TvqError(f"{file}: not a .tvq file" if file.is_file() else f"{file}: no such file")
+    report = codec.inspect(file)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    m = report["model"]
+    detail = {"vq": f", {m['bits']}-bit indices", "hash": f", {m['bits']}-bit hash", "lra": f", rank {m['rank']}"}
+    typer.echo(f"{file}: {report['file_bytes']:,} bytes; {m['kind']} model ({report['method']}{detail.get(m['kind'], '')}), "
+               f"levels {m['levels'][0]}..{m['levels'][-1]}, feature dim {m['feature_dim']}")
+    typer.echo(f"{'chunk':>5} {'offset':>10} {'kind':<11} {'level':>5} {'codec':<13} {'bytes':>10} {'raw':>10} "
+               f"{'cumulative':>11}")
+    for row in report["chunks"]:
+        level = "-" if row["level"] is None else row["level"]
+        typer.echo(f"{row['chunk']:>5} {row['offset']:>10,} {row['kind']:<11} {level:>5} {row['codec']:<13} "
+                   f"{row['bytes']:>10,} {row['raw_bytes']:>10,} {row['cumulative']:>11,}")
+    typer.echo("components: " + ", ".join(f"{k} {v:,}" for k, v in report["components"].items() if v))
+    typer.echo("LODs: " + ", ".join(f"LOD {l['lod']} (level {l['level']}) {l['end']:,} bytes" for l in report["lods"]))
+
+
+@app.command("eval")
+def eval_cmd(
+    files: list[Path] = typer.Argument(..., help="Model files: .tvq (every LOD prefix is a point) or checkpoints."),
+    scene: Path = typer.Option(..., "--scene", help="The scene folder the models were trained on."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for rd.csv, rd.json and the rate-distortion plot rd.png."),
+    ref: list[str] = typer.Option([], "--ref", help="A reference point NAME:BYTES:PSNR for the plot (repeatable)."),
+    lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="Folder holding alexnet-owt-7be5be79.pth "
+                                                 "and alex.pth for LPIPS (else the torch hub cache; never downloaded)."),
+    split: str = typer.Option("test", "--split", help="Views to evaluate on."),
+    max_views: Optional[int] = typer.Option(None, "--max-views", min=1, help="Evaluate on the first N views only."),
+    arch: Optional[Arch] = ArchOption,
+) -> None:
+    """Bytes, PSNR, SSIM (and LPIPS) of every LOD prefix of each file: a rate-distortion table and plot."""
+    from tvq.rd import evaluate_files
+
+    result = evaluate_files(files, scene, out, refs=ref, lpips_weights=None if lpips_weights is None else str(lpips_weights),
+                            split=split, max_views=max_views, arch=_value(arch), log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"{'name':<20} {'LOD':>3} {'bytes':>12} {'PSNR':>7} {'SSIM':>6} {'LPIPS':>6}")
+    for row in result["rows"]:
+        size = "n/a" if row["bytes"] is None else f"{row['bytes']:,}"
+        lp = "n/a" if row["lpips"] is None else f"{row['lpips']:.3f}"
+        typer.echo(f"{row['name'][:20]:<20} {row['lod']:>3} {size:>12} {row['psnr']:>7.2f} {row['ssim']:>6.3f} {lp:>6}")
+    typer.echo(f"wrote {out / 'rd.csv'}, {out / 'rd.json'}, {out / 'rd.png'}")
+
+
+class Method(str, Enum):
+    kmeans = "kmeans"
+    lra = "lra"
+
+
+@app.command("compress")
+def compress_cmd(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint of an uncompressed model (tvq train --bits 0)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The .tvq file to write."),
+    method: Method = typer.Option(..., "--method", help="kmeans: k-means VQ of the trained features (kmVQ); "
+                                  "lra: low-rank KLT truncation."),
+    bits: int = typer.Option(6, "--bits", help="kmeans: index bits (2^bits codes per level)."),
+    rank: int = typer.Option(4, "--rank", help="lra: components kept per level."),
+    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding)."),
+    seed: int = typer.Option(0, "--seed", help="k-means seed."),
+) -> None:
+    """Compress a trained uncompressed model after training into a .tvq (the paper's post-hoc baselines)."""
+    from tvq.compress import compress_checkpoint
+
+    report = compress_checkpoint(checkpoint, _tvq_path(out), method.value, bits=bits, rank=rank,
+                                 entropy=not no_entropy, seed=seed, log=lambda m: typer.echo(m, err=True))
+    typer.echo(_size_line(out, report) + f" in {report['compress_seconds']:.1f} s")
+
+
+def _tvq_path(out: Path) -> Path:
+    if out.is_dir():
+        raise TvqError(f"{out}: is a folder; --out names the .tvq file to write")
+    return out
+
+
+def _size_line(out: Path, report: dict) -> str:
+    parts = ", ".join(f"{k} {v:,}" for k, v in report["components"].items() if v)
+    return f"wrote {out}: {report['file_bytes']:,} bytes ({parts})"
 
 
 def _click_exception_type() -> type:

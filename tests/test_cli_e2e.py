@@ -69,3 +69,111 @@ def test_render_rejects_a_file_that_is_not_a_checkpoint(tvq, tmp_path):
     bogus.write_bytes(b"not a checkpoint")
     proc = tvq("render", bogus, "--out", tmp_path / "o", "--arch", "cpu")
     assert proc.returncode == 2 and "checkpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- the .tvq file through the command line --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raw_run(trained, tvq):
+    root, _ = trained
+    run = tvq("train", root / "scene", "--out", root / "raw", "--bits", 0, "--iters", 30, "--max-level", 5,
+              "--num-lods", 2, "--batch-rays", 512, "--samples-per-cell", 2, "--eval-every", 0, "--arch", "cpu")
+    assert run.returncode == 0, run.stderr
+    return root / "raw"
+
+
+def test_train_writes_model_tvq_and_reports_its_real_size(trained):
+    root, run = trained
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    model = root / "run" / "model.tvq"
+    assert model.is_file() and "size" not in metrics
+    assert metrics["file"]["file_bytes"] == model.stat().st_size
+    assert sum(metrics["file"]["components"].values()) == model.stat().st_size
+    assert [row["bytes"] for row in metrics["lods"]] == [lod["end"] for lod in metrics["file"]["lods"]]
+    assert metrics["lods"][-1]["bytes"] == model.stat().st_size
+    assert "model.tvq" in run.stdout
+
+
+def test_info_shows_the_chunk_table_and_json(trained, tvq):
+    root, _ = trained
+    table = tvq("info", root / "run" / "model.tvq")
+    assert table.returncode == 0, table.stderr
+    assert "indices" in table.stdout and "codebook" in table.stdout and "cumulative" in table.stdout
+    report = json.loads(tvq("info", root / "run" / "model.tvq", "--json").stdout)
+    assert report["file_bytes"] == (root / "run" / "model.tvq").stat().st_size
+    assert report["chunks"][-1]["cumulative"] == report["file_bytes"]
+    assert {"header", "mlp", "structure", "indices", "codebooks"} <= {k for k, v in report["components"].items() if v}
+
+
+def test_export_without_entropy_matches_the_papers_accounting(trained, tvq):
+    root, _ = trained
+    out = root / "raw-layout.tvq"
+    proc = tvq("export", root / "run" / "checkpoint.pt", "-o", out, "--no-entropy")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(tvq("info", out, "--json").stdout)
+    m = report["model"]
+    assert all(row["codec"] == "raw" for row in report["chunks"])
+    for row in report["chunks"]:
+        payload = row["raw_bytes"] - 16  # the chunk head
+        if row["kind"] == "indices":
+            vertices = m["counts"]["vertices"][m["levels"].index(row["level"])]
+            assert payload == (vertices * m["bits"] + 7) // 8
+        elif row["kind"] == "codebook":
+            assert payload == (1 << m["bits"]) * m["feature_dim"] * 2
+        elif row["kind"] == "mlp":
+            assert payload == 2 * (43 * 128 + 128 + 4 * 128 + 4)
+    entropy = (root / "run" / "model.tvq").stat().st_size
+    assert entropy <= out.stat().st_size
+
+
+def test_render_a_prefix_of_the_file(trained, tvq):
+    root, _ = trained
+    model = root / "run" / "model.tvq"
+    first_lod = json.loads(tvq("info", model, "--json").stdout)["lods"][0]["end"]
+    proc = tvq("render", model, "--bytes", first_lod, "--orbit", 1, "--size", 12, "--out", root / "prefix.gif",
+               "--arch", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 complete LOD" in proc.stderr
+    finer = tvq("render", model, "--bytes", first_lod, "--lod", 1, "--orbit", 1, "--out", root / "x.gif",
+                "--arch", "cpu")
+    assert finer.returncode == 2 and "--lod" in finer.stderr
+    too_few = tvq("render", model, "--bytes", 100, "--orbit", 1, "--out", root / "y.gif", "--arch", "cpu")
+    assert too_few.returncode == 2 and "truncated at byte 100" in too_few.stderr
+    assert not (root / "y.gif").exists()
+
+
+def test_compress_kmeans_and_lra(raw_run, tvq):
+    for method, option in (("kmeans", ["--bits", 3]), ("lra", ["--rank", 2])):
+        out = raw_run / f"{method}.tvq"
+        proc = tvq("compress", raw_run / "checkpoint.pt", "--method", method, *option, "-o", out)
+        assert proc.returncode == 0, proc.stderr
+        assert 0 < out.stat().st_size < (raw_run / "model.tvq").stat().st_size
+        info = json.loads(tvq("info", out, "--json").stdout)
+        assert info["method"] == method
+        render = tvq("render", out, "--orbit", 1, "--size", 12, "--out", raw_run / f"{method}.gif", "--arch", "cpu")
+        assert render.returncode == 0, render.stderr
+
+
+def test_compress_refuses_a_vq_model(trained, tvq):
+    root, _ = trained
+    proc = tvq("compress", root / "run" / "checkpoint.pt", "--method", "kmeans", "-o", root / "k.tvq")
+    assert proc.returncode == 2 and "--bits 0" in proc.stderr
+
+
+def test_eval_writes_the_rate_distortion_table_and_plot(trained, raw_run, tvq, tmp_path):
+    import csv
+
+    root, _ = trained
+    files = [root / "run" / "model.tvq", raw_run / "model.tvq"]
+    proc = tvq("eval", *files, "--scene", root / "scene", "--out", tmp_path / "rd", "--ref", "other:5000:20.5",
+               "--arch", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "rd" / "rd.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["file", "name", "lod", "level", "bytes", "psnr", "ssim", "lpips"]
+    assert len(rows) == 4 and all(r["lpips"] == "n/a" for r in rows)
+    assert (tmp_path / "rd" / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "n/a" in proc.stderr  # says how to provide LPIPS weights
+    bad = tvq("eval", files[0], "--scene", root / "scene", "--out", tmp_path / "x", "--ref", "a:b")
+    assert bad.returncode == 2 and "NAME:BYTES:PSNR" in bad.stderr

@@ -7,7 +7,11 @@ features (zero where the level's cell is not occupied). Three ways to hold the v
 - ``raw``  (NGLOD-NeRF, ``bits = 0``): a float table per level, N(0, 0.01) init.
 - ``vq``   (VQ-AD, ``bits = b``): per vertex a row of 2^b logits, per level a 2^b x F codebook; the
   forward pass uses the hard code D[argmax C_v], gradients flow through a straight-through softmax.
-- ``hash`` (the paper's random-index baseline): fixed random b-bit indices, trained codebooks.
+- ``hash`` (the paper's random-index baseline): fixed pseudo-random b-bit indices, a spatial hash of each
+  vertex's coordinates and level (``spatial_hash``), so a file stores only the codebooks and the seed.
+
+A decoded VQ model (``learned=False``) holds the hard b-bit codes as a buffer instead of the logits: it
+renders exactly what the trained model renders, at a fraction of the memory.
 
 The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> 128 (ReLU) -> 4: density (ReLU) and
 colour (sigmoid), shared by every LOD.
@@ -15,7 +19,6 @@ colour (sigmoid), shared by every LOD.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import nn
@@ -25,6 +28,20 @@ from .mlp import two_layer_mlp
 from .octree import FlatOctree, SparseOctree
 
 KINDS = ("raw", "vq", "hash")
+HASH_PRIMES = (1, 2654435761, 805459861)  # instant-ngp's spatial hash
+
+
+def spatial_hash(vertex_codes: torch.Tensor, level: int, bits: int, seed: int = 0) -> torch.Tensor:
+    """The hash baseline's index of each vertex (Morton codes of level ``level``): the XOR of its
+    coordinates times large primes, mixed with the level and seed, modulo 2^bits. Exact in int64 (the
+    coordinates stay below 2^13), so any machine recomputes the same indices from the structure."""
+    from .octree import morton_decode
+
+    ijk = morton_decode(vertex_codes.long())
+    h = (ijk[..., 0] * HASH_PRIMES[0]) ^ (ijk[..., 1] * HASH_PRIMES[1]) ^ (ijk[..., 2] * HASH_PRIMES[2])
+    h = h ^ (((int(seed) & 0xFFFF) << 16 | (level & 0xFF)) * 0x9E3779B1 & 0xFFFFFFFF)
+    h = (h ^ (h >> 15)) * 0x2C1B3C6D & 0xFFFFFFFF  # spread the high bits into the low ones the modulo keeps
+    return (h ^ (h >> 12)) & ((1 << bits) - 1)
 
 
 def encode_direction(d: torch.Tensor, num_freqs: int = 4) -> torch.Tensor:
@@ -58,7 +75,7 @@ class FeatureOctree(nn.Module):
     """Vertex features of the feature levels of a ``SparseOctree``, held raw, as VQ codes or hashed."""
 
     def __init__(self, octree: SparseOctree, num_lods: int = 4, feature_dim: int = 16, kind: str = "raw",
-                 bits: int = 0, init_std: float = 0.01, seed: int = 0):
+                 bits: int = 0, init_std: float = 0.01, seed: int = 0, learned: bool = True):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown feature kind {kind!r}")
@@ -67,6 +84,7 @@ class FeatureOctree(nn.Module):
         if not 1 <= num_lods <= octree.max_level + 1:
             raise ValueError(f"num_lods must be in 1..{octree.max_level + 1}, got {num_lods}")
         self.kind, self.bits, self.feature_dim, self.num_lods = kind, bits, feature_dim, num_lods
+        self.seed = seed
         self.octree = octree
         self.levels = tuple(range(octree.max_level - num_lods + 1, octree.max_level + 1))
         self.flat: FlatOctree = octree.flat(self.levels)
@@ -79,12 +97,13 @@ class FeatureOctree(nn.Module):
             codes = 1 << bits
             self.codebooks = nn.Parameter(
                 (torch.randn(num_lods * codes, feature_dim, generator=gen) * init_std).to(device))
-            if kind == "vq":
+            if kind == "vq" and learned:
                 self.logits = nn.Parameter((torch.randn(num_vertices, codes, generator=gen) * init_std).to(device))
-            else:
-                level_of_vertex = torch.repeat_interleave(
-                    torch.arange(num_lods), torch.tensor(self.flat.vertex_counts()))
-                idx = torch.randint(0, codes, (num_vertices,), generator=gen) + level_of_vertex * codes
+            else:  # hash indices, or the hard codes of a decoded VQ model (zero until loaded)
+                offsets = torch.repeat_interleave(torch.arange(num_lods, device=device) * codes,
+                                                  torch.tensor(self.flat.vertex_counts(), device=device))
+                idx = offsets if kind == "vq" else offsets + torch.cat(
+                    [spatial_hash(octree.vertices[level], level, bits, seed) for level in self.levels])
                 self.register_buffer("indices", idx.to(torch.int32).to(device))
 
     @classmethod
@@ -125,31 +144,23 @@ class FeatureOctree(nn.Module):
         num_levels = lod + 1
         if self.kind == "raw":
             return ops.gather(points, self.flat, self.features, num_levels)
-        if self.kind == "vq":
+        if self.learned:
             return ops.vq_gather(points, self.flat, self.logits, self.codebooks, num_levels, self.bits)
         return ops.hash_gather(points, self.flat, self.indices, self.codebooks, num_levels)
+
+    @property
+    def learned(self) -> bool:
+        """VQ with trainable index logits (not hash, not a decoded model's hard codes)."""
+        return self.kind == "vq" and hasattr(self, "logits")
 
     def hard_indices(self) -> torch.Tensor:
         """The b-bit code of every vertex (per level, 0..2^b-1), as stored."""
         if self.kind == "raw":
             raise ValueError("raw features have no indices")
         codes = 1 << self.bits
-        if self.kind == "vq":
+        if self.learned:
             return self.logits.argmax(dim=1).to(torch.int32)
         return (self.indices % codes).to(torch.int32)
-
-    def size_bytes(self) -> dict:
-        """Storage the trained field implies: fp16 features, or b-bit indices plus fp16 codebooks."""
-        vertices = self.flat.vertex_counts()
-        if self.kind == "raw":
-            grid = sum(vertices) * self.feature_dim * 2
-            return {"vertices": vertices, "grid_bytes": grid, "codebook_bytes": 0, "index_bytes": 0}
-        index_bytes = sum(math.ceil(n * self.bits / 8) for n in vertices)
-        if self.kind == "hash":
-            index_bytes = 0  # hash indices are a function of the position, never stored
-        codebook_bytes = self.num_lods * (1 << self.bits) * self.feature_dim * 2
-        return {"vertices": vertices, "grid_bytes": index_bytes + codebook_bytes,
-                "codebook_bytes": codebook_bytes, "index_bytes": index_bytes}
 
 
 class RadianceField(nn.Module):
@@ -172,9 +183,3 @@ class RadianceField(nn.Module):
                 ray_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Density and colour at normalised points (S, 3); ``dirs`` per sample, or per ray with ``ray_ids``."""
         return self.decoder(self.grid(points, lod), dirs, ray_ids)
-
-    def size_bytes(self) -> dict:
-        info = self.grid.size_bytes()
-        info["mlp_bytes"] = sum(p.numel() for p in self.decoder.parameters()) * 2
-        info["total_bytes"] = info["grid_bytes"] + info["mlp_bytes"]
-        return info

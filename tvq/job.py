@@ -117,22 +117,40 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({info.arch})",
         "peak_gpu_memory_bytes": peak,
         "octree": vertex_report(trainer.field.octree, trainer.field.grid.levels),
-        "size": trainer.field.size_bytes(),
         "history": trainer.history,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
     }
+    metrics["file"] = write_model_file(trainer, out_dir / "model.tvq")
+    lod_bytes = [lod["end"] for lod in metrics["file"]["lods"]]
+    for row, end in zip(metrics["lods"], lod_bytes):
+        row["bytes"] = end  # the prefix of model.tvq that renders this LOD
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
 
+def write_model_file(trainer: Trainer, path: Path) -> dict:
+    """The run's shareable model: ``model.tvq``, with its size report (no per-chunk codec trials)."""
+    from .codec import camera_header
+    from .export import write_field
+
+    data = trainer.data
+    cameras = camera_header(data.Ks[0].cpu(), int(data.images.shape[2]), int(data.images.shape[1]), data.c2ws.cpu())
+    report = write_field(path, trainer.field, [float(x) for x in trainer.scene.background], cameras,
+                         info={"steps": trainer.step, "train_seconds": trainer.elapsed})
+    return {k: v for k, v in report.items() if k not in ("chunks", "model")}
+
+
 def format_table(metrics: dict) -> str:
-    size = metrics["size"]
-    lines = [f"{'LOD':>4} {'level':>5} {'PSNR':>7} {'SSIM':>6}"]
+    file = metrics["file"]
+    lines = [f"{'LOD':>4} {'level':>5} {'PSNR':>7} {'SSIM':>6} {'KiB':>9}"]
     levels = metrics["config"]["max_level"] - metrics["config"]["num_lods"] + 1
     for row in metrics["lods"]:
-        lines.append(f"{row['lod']:>4} {levels + row['lod']:>5} {row['psnr']:>7.2f} {row['ssim']:>6.4f}")
-    lines.append(f"model: {size['total_bytes'] / 1024:.1f} KiB ({metrics['kind']}, bits={metrics['bits']}); "
-                 f"vertices per level {size['vertices']}")
+        lines.append(f"{row['lod']:>4} {levels + row['lod']:>5} {row['psnr']:>7.2f} {row['ssim']:>6.4f} "
+                     f"{row['bytes'] / 1024:>9.1f}")
+    parts = ", ".join(f"{k} {v / 1024:.1f}" for k, v in file["components"].items() if v)
+    lines.append(f"model.tvq: {file['file_bytes'] / 1024:.1f} KiB ({metrics['kind']}, bits={metrics['bits']}; KiB: "
+                 f"{parts})")
+    lines.append(f"octree: {metrics['octree']}")
     lines.append(f"trained {metrics['iterations']} steps in {metrics['train_seconds']:.1f} s on {metrics['device']}")
     return "\n".join(lines)
 
@@ -158,15 +176,16 @@ def demo(out: Path, bits: int = 4, iters: int = 1500, arch: str | None = None, e
     return metrics
 
 
-def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None = None, width: int | None = None,
-                 fps: int = 24, arch: str | None = None) -> Path:
-    """Render ``frames`` views on an orbit; PNG frames into a folder, or one .gif / .mp4 file."""
+def render_orbit(model_path: Path, out: Path, frames: int = 36, lod: int | None = None, width: int | None = None,
+                 fps: int = 24, arch: str | None = None, max_bytes: int | None = None, log=_log) -> Path:
+    """Render ``frames`` views on an orbit of a .tvq (or its first ``max_bytes``) or a checkpoint; PNG
+    frames into a folder, or one .gif / .mp4 file."""
     import imageio.v3 as iio
     import numpy as np
 
     from .eval import to_uint8, write_png
+    from .export import open_model
     from .render import orbit_poses, render_image
-    from .train import field_from_checkpoint, load_checkpoint
 
     out = Path(out)
     suffix = "" if out.is_dir() else out.suffix.lower()
@@ -174,26 +193,28 @@ def render_orbit(checkpoint: Path, out: Path, frames: int = 36, lod: int | None 
         raise TvqError(f"{out}: --out must be a folder, a .gif or a .mp4 file")
     if not suffix and out.exists() and not out.is_dir():
         raise TvqError(f"{out}: exists and is not a folder")
-    ckpt = load_checkpoint(checkpoint)
-    runtime.init(arch)
-    device = runtime.device()
-    field = field_from_checkpoint(ckpt, device, checkpoint).eval()
-    lod = field.num_lods - 1 if lod is None else lod
-    if not 0 <= lod < field.num_lods:
-        raise TvqError(f"--lod must be in 0..{field.num_lods - 1}, got {lod}")
-    cams = ckpt["cameras"]
+    if width is not None and width < 8:
+        raise TvqError(f"--size must be at least 8, got {width}")
+    model = open_model(model_path, max_bytes=max_bytes, arch=arch)
+    if model.note:
+        log(f"{model_path}: {model.note}; rendering the {model.lods} complete LOD(s) ({model.bytes_used} bytes)")
+    field = model.field
+    lod = model.lods - 1 if lod is None else lod
+    if not 0 <= lod < model.lods:
+        available = "" if model.lods == model.num_lods else f" (the first {max_bytes} bytes hold {model.lods})"
+        raise TvqError(f"--lod must be in 0..{model.lods - 1}, got {lod}{available}")
+    cams = model.cameras
+    if cams is None:
+        raise TvqError(f"{model_path}: the file holds no cameras to place an orbit")
     K = cams["K"].double().clone()
     w, h = cams["width"], cams["height"]
     if width is not None:
-        if width < 8:
-            raise TvqError(f"--size must be at least 8, got {width}")
         K[:2] *= width / w
         w, h = width, max(1, round(h * width / w))
-    background = torch.tensor(ckpt["scene"]["background"], dtype=torch.float32, device=device)
     center = field.octree.center
     images = []
     for k, pose in enumerate(orbit_poses(cams["c2ws"], center, frames)):
-        image = render_image(field, K, pose, w, h, lod, background, RenderOptions(early_stop=True))["color"]
+        image = render_image(field, K, pose, w, h, lod, model.background, RenderOptions(early_stop=True))["color"]
         if suffix:
             images.append(to_uint8(image))
         else:

@@ -183,18 +183,10 @@ class SparseOctree:
         if len(masks) != max_level:
             raise TvqError(f"expected {max_level} levels of child masks, got {len(masks)}")
         device = masks[0].device if max_level > 0 else torch.device("cpu")
-        bits = torch.arange(8, dtype=torch.int64, device=device)
         codes = torch.zeros(1 if max_level == 0 or masks[0].numel() > 0 else 0, dtype=torch.int64, device=device)
         cells = [codes]
         for level, mask in enumerate(masks):
-            mask = torch.as_tensor(mask).to(device)
-            if mask.numel() != codes.numel():
-                raise TvqError(
-                    f"child masks of level {level} hold {mask.numel()} bytes for {codes.numel()} occupied cells"
-                )
-            has_child = ((mask.to(torch.int64)[:, None] >> bits) & 1).bool()
-            # Parents in sorted order, children in ascending index: the children come out sorted.
-            codes = ((codes[:, None] << 3) | bits)[has_child]
+            codes = child_cells(codes, torch.as_tensor(mask).to(device), level)
             cells.append(codes)
         octree = cls(max_level=max_level, center=_as_center(center), scale=float(scale), cells=cells)
         octree.build_vertices()
@@ -284,11 +276,7 @@ class SparseOctree:
 
     def build_vertices(self) -> None:
         """Fill ``vertices`` and ``cell_vertices`` from ``cells`` (a pure function of the cells)."""
-        self.vertices, self.cell_vertices = [], []
-        for codes in self.cells:
-            verts, inverse = torch.unique(_corner_codes(codes).reshape(-1), sorted=True, return_inverse=True)
-            self.vertices.append(verts)
-            self.cell_vertices.append(inverse.reshape(-1, 8).to(torch.int32))
+        self.vertices, self.cell_vertices = map(list, zip(*(level_vertices(codes) for codes in self.cells)))
 
     def child_masks(self) -> list[torch.Tensor]:
         """Breadth-first structure: for each level l < max_level, one uint8 per occupied cell of level l
@@ -351,6 +339,23 @@ class SparseOctree:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+def child_cells(parents: torch.Tensor, mask: torch.Tensor, level: int = 0) -> torch.Tensor:
+    """Sorted codes of the children that ``mask`` (one byte per parent, bit c: child c) marks occupied."""
+    if mask.numel() != parents.numel():
+        raise TvqError(f"child masks of level {level} hold {mask.numel()} bytes for {parents.numel()} occupied cells")
+    bits = torch.arange(8, dtype=torch.int64, device=parents.device)
+    has_child = ((mask.to(torch.int64)[:, None] >> bits) & 1).bool()
+    # Parents in sorted order, children in ascending index: the children come out sorted.
+    return ((parents[:, None] << 3) | bits)[has_child]
+
+
+def level_vertices(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One level's vertex table (sorted Morton codes of the occupied cells' corners) and the (n, 8) int32
+    row of each cell's corners in it."""
+    verts, inverse = torch.unique(_corner_codes(codes).reshape(-1), sorted=True, return_inverse=True)
+    return verts, inverse.reshape(-1, 8).to(torch.int32)
 
 
 def _as_center(center) -> torch.Tensor:

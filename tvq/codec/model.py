@@ -1,0 +1,341 @@
+"""A radiance field as .tvq chunks, and chunks (any prefix of them) back into a renderable field.
+
+Chunk order, coarsest first, so that every LOD is a prefix of the file:
+
+    mlp                                   the decoder, fp16
+    structure 1 .. L0                     child masks of levels 0 .. L0-1 (L0: the first feature level)
+    level L0:  its features               raw: features | vq: codebook, indices | hash: codebook, hash
+                                          | lra: klt-basis, klt-coeffs
+    structure L0+1, level L0+1 features, ... up to the finest level
+
+The vertex order of a level is a pure function of its occupied cells (sorted Morton codes of their
+corners), so only masks and per-vertex payloads are stored; the header's counts (cells per level,
+vertices per feature level) let a reader check every raw length before decoding, and the decoded structure
+is checked against those counts before the level's features are allocated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..field import Decoder, FeatureOctree, RadianceField, spatial_hash
+from ..octree import SparseOctree, child_cells, level_vertices, _as_center
+from . import bitpack, entropy
+from .container import Chunk, FormatError, _lod_ends
+
+FP16_CODECS = (entropy.ZSTD, entropy.SHUFFLE_ZSTD)
+BYTE_CODECS = (entropy.ZSTD, entropy.ANS)
+INDEX_CODECS = (entropy.ZSTD, entropy.ANS)
+HASH_FUNCTION = 1  # tvq.field.spatial_hash
+LEVEL_KINDS = {"raw": ("features",), "vq": ("codebook", "indices"), "hash": ("codebook", "hash"),
+               "lra": ("klt-basis", "klt-coeffs")}
+COMPONENT = {"mlp": "mlp", "structure": "structure", "features": "features", "codebook": "codebooks",
+             "indices": "indices", "hash": "indices", "klt-basis": "codebooks", "klt-coeffs": "features"}
+
+
+def _fp16(t: torch.Tensor) -> bytes:
+    return t.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
+
+
+def _from_fp16(raw: bytes, shape) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(raw, "<f2").astype(np.float32).reshape(shape).copy())
+
+
+def _mlp_tensors(decoder: Decoder) -> list[torch.Tensor]:
+    first, second = decoder.net[0], decoder.net[2]
+    return [first.weight, first.bias, second.weight, second.bias]
+
+
+def mlp_bytes(model: dict) -> int:
+    d = model["decoder"]
+    return 2 * (d["hidden"] * d["inputs"] + d["hidden"] + 4 * d["hidden"] + 4)
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+
+
+def model_header(field: RadianceField, kind: str, bits: int = 0, rank: int = 0) -> dict:
+    grid, octree, decoder = field.grid, field.octree, field.decoder
+    first = decoder.net[0]
+    return {
+        "kind": kind, "bits": bits, "rank": rank, "feature_dim": grid.feature_dim,
+        "max_level": octree.max_level, "num_lods": grid.num_lods, "levels": list(grid.levels),
+        "seed": int(getattr(grid, "seed", 0)),
+        "decoder": {"inputs": first.in_features, "hidden": first.out_features, "outputs": 4,
+                    "num_freqs": decoder.num_freqs, "density": "relu", "color": "sigmoid"},
+        "normalization": {"center": [float(x) for x in octree.center.tolist()], "scale": float(octree.scale)},
+        "counts": {"cells": [octree.num_cells(l) for l in range(octree.max_level + 1)],
+                   "vertices": [octree.num_vertices(l) for l in grid.levels]},
+    }
+
+
+def field_chunks(field: RadianceField, kind: str | None = None, per_level=None) -> list[Chunk]:
+    """The chunks of ``field`` in stream order. ``per_level(k, level) -> list[Chunk]`` overrides the
+    feature chunks of each level (post-hoc methods); by default they follow the grid's kind."""
+    grid, octree = field.grid, field.octree
+    kind = kind or grid.kind
+    chunks = [Chunk("mlp", None, b"".join(_fp16(t) for t in _mlp_tensors(field.decoder)), FP16_CODECS)]
+    masks = octree.child_masks()
+
+    def structure(level: int) -> Chunk:
+        return Chunk("structure", level, masks[level - 1].cpu().numpy().tobytes(), BYTE_CODECS)
+
+    first = grid.levels[0]
+    chunks.extend(structure(level) for level in range(1, first + 1))
+    starts = grid.flat.vertex_start.tolist()
+    for k, level in enumerate(grid.levels):
+        if level > first:
+            chunks.append(structure(level))
+        if per_level is not None:
+            chunks.extend(per_level(k, level))
+            continue
+        rows = slice(int(starts[k]), int(starts[k + 1]))
+        codes = 1 << grid.bits if grid.kind != "raw" else 0
+        if kind == "raw":
+            chunks.append(Chunk("features", level, _fp16(grid.features[rows]), FP16_CODECS))
+        elif kind in ("vq", "hash"):
+            chunks.append(Chunk("codebook", level, _fp16(grid.codebooks[k * codes:(k + 1) * codes]), FP16_CODECS))
+            if kind == "vq":
+                idx = grid.hard_indices()[rows].cpu().numpy()
+                chunks.append(Chunk("indices", level, bitpack.pack(idx, grid.bits), INDEX_CODECS,
+                                    symbols=(grid.bits, idx.size)))
+            else:
+                chunks.append(Chunk("hash", level, np.array([grid.seed, HASH_FUNCTION], "<u4").tobytes()))
+        else:
+            raise ValueError(f"no default chunks for kind {kind!r}")
+    return chunks
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v, lo, hi) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def check_model(header: dict, name: str) -> None:
+    """The header's model section is self-consistent and its chunks are the ones that model needs, each
+    with the raw length its counts imply."""
+
+    def bad(what):
+        raise FormatError(f"{name}: header: {what}")
+
+    m = header.get("model")
+    if not isinstance(m, dict):
+        bad("no model description")
+    if m.get("kind") not in LEVEL_KINDS:
+        bad(f"unknown model kind {m.get('kind')!r}")
+    if not _int(m.get("max_level"), 1, 12) or not _int(m.get("num_lods"), 1, 13) or m["num_lods"] > m["max_level"] + 1:
+        bad("max_level / num_lods out of range")
+    levels = list(range(m["max_level"] - m["num_lods"] + 1, m["max_level"] + 1))
+    if m.get("levels") != levels or not all(_int(l, 0, 12) for l in m["levels"]):
+        bad("levels do not follow from max_level and num_lods")
+    if not _int(m.get("feature_dim"), 1, 1024):
+        bad("feature_dim out of range")
+    if m["kind"] in ("vq", "hash") and not _int(m.get("bits"), 1, 16):
+        bad("bits out of range")
+    if m["kind"] == "lra" and not _int(m.get("rank"), 1, m["feature_dim"]):
+        bad("rank out of range")
+    if not _int(m.get("bits", 0), 0, 16) or not _int(m.get("rank", 0), 0, m["feature_dim"]):
+        bad("bits / rank out of range")  # every kind's chunk sizes are computed from both
+    if not _int(m.get("seed", 0), 0, (1 << 32) - 1):
+        bad("seed out of range")
+    d = m.get("decoder")
+    if (not isinstance(d, dict) or not _int(d.get("hidden"), 1, 4096) or not _int(d.get("num_freqs"), 0, 16)
+            or d.get("inputs") != m["feature_dim"] + 3 + 6 * d["num_freqs"] or d.get("outputs") != 4):
+        bad("decoder shape malformed")
+    norm = m.get("normalization")
+    if (not isinstance(norm, dict) or not isinstance(norm.get("center"), list) or len(norm["center"]) != 3
+            or not all(map(_number, norm["center"])) or not _number(norm.get("scale")) or not norm["scale"] > 0):
+        bad("normalization malformed")
+    counts = m.get("counts")
+    cells = counts.get("cells") if isinstance(counts, dict) else None
+    verts = counts.get("vertices") if isinstance(counts, dict) else None
+    if (not isinstance(cells, list) or len(cells) != m["max_level"] + 1 or not all(_int(c, 0, 1 << 31) for c in cells)
+            or not isinstance(verts, list) or len(verts) != m["num_lods"] or not all(_int(v, 0, 1 << 31) for v in verts)):
+        bad("counts malformed")
+    if cells[0] > 1 or any(cells[l] > 8 * cells[l - 1] for l in range(1, len(cells))):
+        bad("cell counts cannot come from an octree")
+    if any(v > 8 * cells[l] for v, l in zip(verts, levels)):
+        bad("vertex counts cannot come from the cell counts")
+    bg = header.get("background")
+    if not isinstance(bg, list) or len(bg) != 3 or not all(_number(x) and 0 <= x <= 1 for x in bg):
+        bad("background malformed")
+    check_cameras(header.get("cameras"), bad)
+    # The known chunks, in order, are exactly those the model needs, with the raw lengths its counts imply.
+    expected = expected_chunks(m)
+    known = [e for e in header["chunks"] if e["kind"] in COMPONENT]
+    if [(e["kind"], e["level"]) for e in known] != [(k, l) for k, l, _ in expected]:
+        bad("the chunk index does not hold the chunks this model needs, in stream order")
+    for e, (_, _, length) in zip(known, expected):
+        if e["raw_length"] != length:
+            bad(f"chunk {e['kind']} of level {e['level']} claims {e['raw_length']} bytes, its counts need {length}")
+    ends, lods = _lod_ends(header, header["chunks"]), header.get("lods")
+    if not (isinstance(lods, list) and len(lods) == len(ends)
+            and all(a == b and all(type(a[k]) is int for k in b) for a, b in zip(lods, ends))):
+        bad("the LOD table does not follow from the chunk index")
+
+
+def check_cameras(cams, bad) -> None:
+    if cams is None:
+        return
+    ok = (isinstance(cams, dict) and _int(cams.get("width"), 1, 1 << 16) and _int(cams.get("height"), 1, 1 << 16)
+          and _matrix(cams.get("K"), 3, 3) and isinstance(cams.get("poses"), list) and len(cams["poses"]) <= 1024
+          and all(_matrix(p, 4, 4) for p in cams["poses"]))
+    if not ok:
+        bad("cameras malformed")
+
+
+def _matrix(v, rows, cols) -> bool:
+    return (isinstance(v, list) and len(v) == rows
+            and all(isinstance(r, list) and len(r) == cols and all(map(_number, r)) for r in v))
+
+
+def expected_chunks(m: dict) -> list[tuple[str, int | None, int]]:
+    """(kind, level, raw length) of every chunk the model needs, in stream order."""
+    F, counts = m["feature_dim"], m["counts"]
+    cells, verts = counts["cells"], counts["vertices"]
+    out = [("mlp", None, mlp_bytes(m))]
+    first = m["levels"][0]
+    for level in range(1, first + 1):
+        out.append(("structure", level, cells[level - 1]))
+    for k, level in enumerate(m["levels"]):
+        if level > first:
+            out.append(("structure", level, cells[level - 1]))
+        n = verts[k]
+        sizes = {"features": n * F * 2, "codebook": (1 << m.get("bits", 0)) * F * 2 if m["kind"] != "raw" else 0,
+                 "indices": bitpack.packed_size(n, m.get("bits", 0) or 1), "hash": 8,
+                 "klt-basis": (F + m.get("rank", 0) * F) * 2, "klt-coeffs": n * m.get("rank", 0) * 2}
+        out.extend((kind, level, sizes[kind]) for kind in LEVEL_KINDS[m["kind"]])
+    return out
+
+
+class ModelAssembler:
+    """Receives verified raw payloads in stream order (from ``StreamDecoder``) and builds the field of the
+    LODs received so far."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.header: dict | None = None
+        self.model: dict | None = None
+        self.decoder: Decoder | None = None
+        self.cells: list[torch.Tensor] = []
+        self.vertices: list[torch.Tensor] = []
+        self.cell_vertices: list[torch.Tensor] = []
+        self.level_data: dict[int, dict[str, bytes]] = {}
+        self.lods = 0  # complete LODs
+
+    def start(self, header: dict) -> None:
+        check_model(header, self.name)
+        self.header, self.model = header, header["model"]
+        m = self.model
+        root = torch.zeros(m["counts"]["cells"][0], dtype=torch.int64)
+        self._add_level(root)
+
+    def symbols(self, i: int, entry: dict):
+        if entry["kind"] == "indices":
+            k = entry["level"] - self.model["levels"][0]
+            return self.model["bits"], self.model["counts"]["vertices"][k]
+        return None
+
+    def _add_level(self, codes: torch.Tensor) -> None:
+        level = len(self.cells)
+        if codes.numel() != self.model["counts"]["cells"][level]:
+            raise FormatError(f"{self.name}: level {level} has {codes.numel()} occupied cells, the header says "
+                              f"{self.model['counts']['cells'][level]}")
+        verts, cell_verts = level_vertices(codes)
+        levels = self.model["levels"]
+        if level in levels and verts.numel() != self.model["counts"]["vertices"][levels.index(level)]:
+            raise FormatError(f"{self.name}: level {level} has {verts.numel()} vertices, the header says "
+                              f"{self.model['counts']['vertices'][levels.index(level)]}")
+        self.cells.append(codes)
+        self.vertices.append(verts)
+        self.cell_vertices.append(cell_verts)
+
+    def consume(self, i, entry, raw) -> None:
+        if i is None:
+            return
+        kind, level, m = entry["kind"], entry["level"], self.model
+        if kind == "mlp":
+            d = m["decoder"]
+            decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
+            sizes = [t.numel() for t in _mlp_tensors(decoder)]
+            offsets = np.cumsum([0] + sizes) * 2
+            with torch.no_grad():
+                for t, a, b in zip(_mlp_tensors(decoder), offsets[:-1], offsets[1:]):
+                    t.copy_(_from_fp16(raw[a:b], t.shape))
+            self.decoder = decoder
+        elif kind == "structure":
+            mask = torch.from_numpy(np.frombuffer(raw, np.uint8).copy())
+            self._add_level(child_cells(self.cells[level - 1], mask, level - 1))
+        else:
+            self.level_data.setdefault(level, {})[kind] = raw
+            if len(self.level_data[level]) == len(LEVEL_KINDS[m["kind"]]):
+                self.lods += 1
+
+    def field(self, lods: int | None = None, device=None) -> RadianceField:
+        """The field of the first ``lods`` complete LODs (default: all received)."""
+        lods = self.lods if lods is None else lods
+        if not 1 <= lods <= self.lods:
+            raise FormatError(f"{self.name}: {self.lods} LODs are complete, {lods} asked for")
+        m = self.model
+        top = m["levels"][lods - 1]
+        norm = m["normalization"]
+        octree = SparseOctree(max_level=top, center=_as_center(norm["center"]), scale=float(norm["scale"]),
+                              cells=self.cells[:top + 1], vertices=self.vertices[:top + 1],
+                              cell_vertices=self.cell_vertices[:top + 1])
+        kind = {"lra": "raw"}.get(m["kind"], m["kind"])
+        F, bits = m["feature_dim"], m.get("bits", 0)
+        grid = FeatureOctree(octree, num_lods=lods, feature_dim=F, kind=kind, bits=bits if kind != "raw" else 0,
+                             seed=m.get("seed", 0), learned=False)
+        codes = 1 << bits
+        with torch.no_grad():
+            starts = grid.flat.vertex_start.tolist()
+            for k, level in enumerate(grid.levels):
+                data, n = self.level_data[level], starts[k + 1] - starts[k]
+                rows = slice(starts[k], starts[k + 1])
+                if m["kind"] == "raw":
+                    grid.features[rows] = _from_fp16(data["features"], (n, F))
+                elif m["kind"] == "lra":
+                    r = m["rank"]
+                    basis = _from_fp16(data["klt-basis"], (1 + r, F))
+                    grid.features[rows] = _from_fp16(data["klt-coeffs"], (n, r)) @ basis[1:] + basis[0]
+                else:
+                    grid.codebooks[k * codes:(k + 1) * codes] = _from_fp16(data["codebook"], (codes, F))
+                    if m["kind"] == "vq":
+                        idx = torch.from_numpy(bitpack.unpack(data["indices"], bits, n))
+                        grid.indices[rows] = (idx + k * codes).to(torch.int32)
+                    else:
+                        seed, function = np.frombuffer(data["hash"], "<u4").tolist()
+                        if function != HASH_FUNCTION:
+                            raise FormatError(f"{self.name}: level {level}: unknown hash function {function}")
+                        idx = spatial_hash(octree.vertices[level], level, bits, seed)
+                        grid.indices[rows] = (idx + k * codes).to(torch.int32)
+        field = RadianceField(grid, self._decoder_copy())
+        return field if device is None else to_device(field, device)
+
+    def _decoder_copy(self) -> Decoder:
+        d = self.model["decoder"]
+        copy = Decoder(self.model["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
+        copy.load_state_dict(self.decoder.state_dict())
+        return copy
+
+
+def to_device(field: RadianceField, device) -> RadianceField:
+    """The field with its octree and parameters on ``device`` (the grid's flat tables are rebuilt there)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return field.eval()
+    grid = field.grid
+    octree = grid.octree.to(device)
+    moved = FeatureOctree(octree, num_lods=grid.num_lods, feature_dim=grid.feature_dim, kind=grid.kind,
+                          bits=grid.bits, seed=grid.seed, learned=False)
+    moved.load_state_dict(grid.state_dict())
+    return RadianceField(moved, field.decoder.to(device)).eval()
