@@ -197,16 +197,31 @@ def render_cmd(
     typer.echo(f"wrote {written}")
 
 
+class MlpWeights(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
+
+
+MlpOption = typer.Option(None, "--mlp", help="Decoder weights in the file: int8 (fp16 scale per row; the default) or "
+                         "fp16 (the default with --no-entropy).")
+
+
+def _mlp(choice: Optional[MlpWeights], no_entropy: bool) -> str:
+    return choice.value if choice is not None else ("fp16" if no_entropy else "int8")
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint.pt written by tvq train."),
     out: Path = typer.Option(..., "--out", "-o", help="The .tvq file to write."),
-    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding)."),
+    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding; "
+                                    "fp16 MLP unless --mlp says otherwise): the paper's accounting."),
+    mlp: Optional[MlpWeights] = MlpOption,
 ) -> None:
     """Write the .tvq model file of a checkpoint (what tvq train writes as model.tvq)."""
     from tvq.export import export_checkpoint
 
-    report = export_checkpoint(checkpoint, _tvq_path(out), entropy=not no_entropy)
+    report = export_checkpoint(checkpoint, _tvq_path(out), entropy=not no_entropy, mlp=_mlp(mlp, no_entropy))
     typer.echo(_size_line(out, report))
 
 
@@ -263,6 +278,23 @@ def eval_cmd(
     typer.echo(f"wrote {out / 'rd.csv'}, {out / 'rd.json'}, {out / 'rd.png'}")
 
 
+@app.command("tour")
+def tour_cmd(
+    step: Optional[str] = typer.Argument(None, help="One step (octree, carve, raymarch, gather, codebook, composite, "
+                                         "importance, train, or its number 1-8); all of them by default."),
+    out: Path = typer.Option(Path("tvq-tour"), "--out", "-o", help="Folder for the pictures and timings.json."),
+) -> None:
+    """The kernel tour: each kernel's math, its Taichi output beside its torch twin, gradchecks, pictures."""
+    from tvq.apps.tour import run_tour
+
+    try:
+        run_tour(step, out, log=typer.echo)
+    except AssertionError as err:  # a kernel drifted from its twin: a bug the tour found, not a usage error
+        typer.echo(f"error: tour: a kernel disagrees with its twin: {err}".splitlines()[0], err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"pictures and timings.json in {out}")
+
+
 class Method(str, Enum):
     kmeans = "kmeans"
     lra = "lra"
@@ -276,14 +308,17 @@ def compress_cmd(
                                   "lra: low-rank KLT truncation."),
     bits: int = typer.Option(6, "--bits", help="kmeans: index bits (2^bits codes per level)."),
     rank: int = typer.Option(4, "--rank", help="lra: components kept per level."),
-    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding)."),
+    no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding; "
+                                    "fp16 MLP unless --mlp says otherwise)."),
+    mlp: Optional[MlpWeights] = MlpOption,
     seed: int = typer.Option(0, "--seed", help="k-means seed."),
 ) -> None:
     """Compress a trained uncompressed model after training into a .tvq (the paper's post-hoc baselines)."""
     from tvq.compress import compress_checkpoint
 
     report = compress_checkpoint(checkpoint, _tvq_path(out), method.value, bits=bits, rank=rank,
-                                 entropy=not no_entropy, seed=seed, log=lambda m: typer.echo(m, err=True))
+                                 entropy=not no_entropy, mlp=_mlp(mlp, no_entropy), seed=seed,
+                                 log=lambda m: typer.echo(m, err=True))
     typer.echo(_size_line(out, report) + f" in {report['compress_seconds']:.1f} s")
 
 

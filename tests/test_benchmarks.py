@@ -29,3 +29,76 @@ def test_train_benchmark_run_specs():
     assert parse_run("data/lego:6:5") == ("data/lego", 6, 5.0, {})
     assert parse_run('data/lego:4:1.5:{"iters": 10, "feature_dim": 32}') == (
         "data/lego", 4, 1.5, {"iters": 10, "feature_dim": 32})
+
+
+def test_codec_fuzzer_runs_on_a_tiny_model_and_writes_json(tmp_path):
+    """``--file`` omitted: the fuzzer trains its own tiny model, mutates it 200 times and reports."""
+    from benchmarks import fuzz_codec
+
+    out = tmp_path / "fuzz.json"
+    code = fuzz_codec.main(["--mutations", "200", "--seed", "3", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["mutations"] == 200 and results["seed"] == 3 and results["file_bytes"] > 1000
+    assert sum(results["outcomes"].values()) == 200
+    assert sum(sum(row.values()) for row in results["by_mutation"].values()) == 200
+    assert set(results["by_mutation"]) <= {name for name, _ in fuzz_codec.MUTATIONS}
+    assert results["outcomes"]["format_error"] > 0 and results["outcomes"]["truncated"] > 0
+    assert results["timing"]["read_ms"]["median"] > 0 and results["timing"]["total_s"] > 0
+    assert results["other_exceptions"] == [] and results["multiline_messages"] == 0, results["other_exceptions"]
+    assert code == 0 and results["ok"]
+
+
+def test_codec_fuzzer_byte_mutations_are_reproducible_and_do_what_they_say():
+    import numpy as np
+
+    from benchmarks import fuzz_codec
+
+    data = bytes(range(256)) * 4
+    for kind in fuzz_codec.BYTE_MUTATIONS:
+        out, info = fuzz_codec.byte_mutation(kind, data, np.random.default_rng(1))
+        assert (out, info) == fuzz_codec.byte_mutation(kind, data, np.random.default_rng(1))
+        if kind == "truncate":
+            assert bytes(out) == data[:info["at"]]
+        elif kind == "delete":
+            assert bytes(out) == data[:info["at"]] + data[info["at"] + info["size"]:]
+        elif kind == "insert":
+            assert len(out) == len(data) + info["size"] and out[:info["at"]] == data[:info["at"]]
+        elif kind == "duplicate":
+            copied = data[info["from"]:info["from"] + info["size"]]
+            assert bytes(out) == data[:info["at"]] + copied + data[info["at"]:]
+        elif kind == "bitflip":
+            flipped = np.unpackbits(np.frombuffer(bytes(out), np.uint8) ^ np.frombuffer(data, np.uint8),
+                                    bitorder="little")
+            assert sorted(np.flatnonzero(flipped).tolist()) == sorted(b for b in set(info["bits"])
+                                                                      if info["bits"].count(b) % 2)
+
+
+def test_codec_benchmark_reports_sizes_times_and_psnr(tmp_path):
+    from benchmarks import codec as codec_bench
+    from tvq import runtime
+    from tvq.data import load_scene
+    from tvq.data.synthetic import make_scene
+    from tvq.train import TrainConfig, Trainer
+
+    make_scene(tmp_path / "scene", size=24, n_train=6, n_val=0, n_test=2, seed=1)
+    runtime.init("cpu")
+    for bits in (0, 4):
+        trainer = Trainer(load_scene(tmp_path / "scene"), TrainConfig(bits=bits, iters=5, max_level=4, num_lods=2,
+                                                                      batch_rays=256, eval_every=0, vq_warmup=0
+                                                                      if bits else None), tmp_path / f"b{bits}")
+        trainer.setup()
+        trainer.fit()
+    out = tmp_path / "codec.json"
+    assert codec_bench.main(["--checkpoints", str(tmp_path / "b0" / "checkpoint.pt"),
+                             str(tmp_path / "b4" / "checkpoint.pt"), "--scene", str(tmp_path / "scene"),
+                             "--out", str(out), "--repeats", "1", "--arch", "cpu"]) == 0
+    rows = json.loads(out.read_text())["models"]
+    raw, vq = rows
+    assert vq["file_bytes"] < raw["file_bytes"] and vq["ratio_to_trained_bits0_file"] > 1
+    assert vq["bits0_raw_layout_bytes"] > vq["raw_file_bytes"]
+    for row in rows:
+        assert row["file_bytes"] <= row["raw_file_bytes"]
+        assert sum(row["components"].values()) == row["file_bytes"]
+        assert abs(row["psnr_file"][-1] - row["psnr_checkpoint"][-1]) < 0.05
+        assert row["decode_seconds"] > 0 and row["first_lod_bytes"] == row["lods"][0]["end"]
+        assert all(v["chosen"] <= v["raw"] for v in row["codecs"].values())

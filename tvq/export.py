@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from . import codec, runtime
-from .codec.model import to_device
 from .errors import TvqError
 
 
@@ -42,14 +41,14 @@ def write_field(path: Path, field, background, cameras: dict | None, entropy: bo
         return codec.write(path, field, background=background, cameras=cameras, entropy=entropy, extra=info, **kwargs)
 
 
-def export_checkpoint(checkpoint: Path, out: Path, entropy: bool = True) -> dict:
+def export_checkpoint(checkpoint: Path, out: Path, entropy: bool = True, mlp: str = "int8") -> dict:
     """The .tvq of a checkpoint's trained field (a VQ run still in its raw warm start exports raw)."""
     from .train import field_from_checkpoint, load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     field = field_from_checkpoint(ckpt, torch.device("cpu"), checkpoint)
     return write_field(out, field, ckpt["scene"]["background"], checkpoint_cameras(ckpt), entropy=entropy,
-                       info={"steps": ckpt["step"], "train_seconds": ckpt["elapsed"]})
+                       info={"steps": ckpt["step"], "train_seconds": ckpt["elapsed"]}, mlp=mlp)
 
 
 def _camera_tensors(cams: dict | None) -> dict | None:
@@ -65,10 +64,10 @@ def open_model(path: Path, max_bytes: int | None = None, arch: str | None = None
     if not path.is_file():
         raise TvqError(f"{path}: no such file")
     if codec.is_tvq(path):
-        decoded = codec.read(path, max_bytes=max_bytes)
         runtime.init(arch)
         device = runtime.device()
-        field = to_device(decoded.field, device)
+        decoded = codec.read(path, max_bytes=max_bytes, device=device)
+        field = decoded.field
         header = decoded.header
         return OpenedModel(field, torch.tensor(header["background"], dtype=torch.float32, device=device),
                            _camera_tensors(header.get("cameras")), decoded.lods, header["model"]["num_lods"], "tvq",

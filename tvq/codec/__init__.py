@@ -44,21 +44,27 @@ def camera_header(K, width: int, height: int, c2ws) -> dict:
 
 def encode(field, *, background, cameras: dict | None = None, kind: str | None = None, method: str = "train",
            chunks: list[Chunk] | None = None, bits: int | None = None, rank: int = 0, extra: dict | None = None,
-           entropy: bool = True) -> tuple[bytes, list[dict]]:
+           entropy: bool = True, mlp: str = "int8") -> tuple[bytes, list[dict]]:
     """The .tvq bytes of ``field`` and the chunk index (with every codec's size per chunk).
 
-    ``kind`` and ``chunks`` let a post-hoc method (kmeans, lra) store a raw field its own way."""
+    ``kind`` and ``chunks`` let a post-hoc method (kmeans, lra) store a raw field its own way (their mlp
+    chunk is replaced by one of precision ``mlp``: int8 weights with fp16 row scales, or fp16)."""
+    from .model import MLP_WEIGHTS, mlp_chunk
+
+    if mlp not in MLP_WEIGHTS:
+        raise TvqError(f"--mlp must be one of {', '.join(MLP_WEIGHTS)}, got {mlp!r}")
     kind = kind or field.grid.kind
     bits = field.grid.bits if bits is None else bits
     header = {
         "format": "tvq", "method": method,
-        "model": model_header(field, kind, bits=bits if kind in ("vq", "hash") else 0, rank=rank),
+        "model": model_header(field, kind, bits=bits if kind in ("vq", "hash") else 0, rank=rank, mlp=mlp),
         "background": [float(x) for x in background],
         "cameras": cameras,
         "entropy": bool(entropy),
         "info": extra or {},
     }
-    chunks = chunks if chunks is not None else field_chunks(field, kind)
+    chunks = field_chunks(field, kind) if chunks is None else chunks
+    chunks = [mlp_chunk(field.decoder, mlp) if c.kind == "mlp" else c for c in chunks]
     return encode_file(header, chunks, entropy_coding=entropy)
 
 
@@ -97,10 +103,11 @@ class Decoded:
 class StreamDecoder:
     """Bytes of a .tvq as they arrive; ``feed`` returns the LODs (0-based) that the new bytes completed.
 
-    ``field()`` builds the model of the complete LODs; ``header`` is known once its bytes are in."""
+    ``field()`` builds the model of the complete LODs on ``device`` (default CPU); ``header`` is known once
+    its bytes are in."""
 
-    def __init__(self, name: str = "stream"):
-        self.assembler = ModelAssembler(name)
+    def __init__(self, name: str = "stream", device=None):
+        self.assembler = ModelAssembler(name, device)
         self.chunks = _ChunkStream(name, consume=self._consume, symbols=self.assembler.symbols)
 
     def _consume(self, i, entry, raw) -> None:
@@ -160,7 +167,7 @@ def read(src, max_bytes: int | None = None, device=None, strict: bool = False) -
     Bytes that end before the first LOD is complete raise ``Truncated`` ("truncated at byte N ..."); with
     ``strict`` so does any file that ends before its last chunk. Damage raises ``FormatError``."""
     data, name = _bytes_of(src, max_bytes)
-    stream = StreamDecoder(name)
+    stream = StreamDecoder(name, device)
     stream.feed(data)
     if stream.header is None:
         raise Truncated(f"{name}: {stream.chunks.truncation()}")
@@ -170,7 +177,7 @@ def read(src, max_bytes: int | None = None, device=None, strict: bool = False) -
         raise Truncated(f"{name}: {stream.chunks.truncation()}: no complete LOD" if stream.lods == 0
                         else f"{name}: {stream.chunks.truncation()}")
     used = stream.lod_end(stream.lods - 1)
-    return Decoded(stream.header, stream.field(device=device), stream.lods, used, stream.done,
+    return Decoded(stream.header, stream.field(), stream.lods, used, stream.done,
                    "" if stream.done else stream.chunks.truncation())
 
 

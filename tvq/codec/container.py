@@ -2,14 +2,15 @@
 
 Layout (little-endian):
 
-    preamble   8s magic b"\\x89TVQ\\r\\n\\x1a\\n" | u16 format version | u16 flags (0) | u32 header length H
-    header     H bytes of UTF-8 JSON, then u32 CRC32 of those H bytes
+    preamble   8s magic b"\\x89TVQ\\r\\n\\x1a\\n" | u16 format version | u16 flags | u32 header length H
+    header     H bytes of UTF-8 JSON (zstd-compressed when flags bit 0 is set), then u32 CRC32 of those H bytes
     chunk      4s kind | u8 level (255: none) | u8 codec | u16 reserved (0) | u32 stored length n | u32 CRC32
                of the n stored bytes | n stored bytes
 
 The header carries the model description and the chunk index: for every chunk its kind, level, codec,
-absolute offset, stored length, raw (decoded) length and raw CRC32; and for every LOD the byte offset at
-which it is complete. A reader therefore knows every LOD's byte range before it reads any chunk, checks
+offset, stored length, raw (decoded) length and raw CRC32; for every LOD the offset at which it is complete;
+and the bytes of all chunks. Offsets count from the first chunk (the header's end), so the header never
+depends on its own length; a reader adds the header's end and works with absolute offsets. A reader therefore knows every LOD's byte range before it reads any chunk, checks
 each chunk head against the index, each stored payload against its CRC, and each decoded payload against
 its raw length (before allocating it) and raw CRC. Chunks of a kind this reader does not know are skipped
 by their length (forward compatibility). Nothing is ever unpickled.
@@ -36,6 +37,7 @@ CRC = struct.Struct("<I")
 NO_LEVEL = 255
 MAX_HEADER_BYTES = 1 << 24  # 16 MiB: far above any real header (a few kB), refused before it is read
 MAX_CHUNKS = 4096
+HEADER_ZSTD = 1  # preamble flag: the header's JSON is one zstd frame (the header counts in the first LOD)
 
 # Chunk kinds: the 4-byte tag in the file and the name in the header.
 KINDS = {
@@ -87,29 +89,35 @@ def encode_file(header: dict, chunks: list[Chunk], entropy_coding: bool = True) 
         index.append({"kind": chunk.kind, "level": chunk.level, "codec": entropy.NAMES[codec], "offset": 0,
                       "length": len(data), "raw_length": len(chunk.raw), "raw_crc": _crc(chunk.raw),
                       "tried": sizes})
-    # Offsets are absolute, so they depend on the header's own length: iterate to the fixed point (the
-    # header only grows as offsets grow, so this settles in a few rounds).
-    header_bytes = b""
-    for _ in range(8):
-        start = PREAMBLE.size + len(header_bytes) + CRC.size
-        for entry, data in zip(index, stored):
-            entry["offset"] = start
-            start += CHUNK_HEAD.size + len(data)
-        full = dict(header, chunks=[[e[k] for k in INDEX_FIELDS] for e in index], lods=_lod_ends(header, index),
-                    file_bytes=start)
-        new = json.dumps(full, separators=(",", ":"), sort_keys=True).encode()
-        if new == header_bytes:
-            break
-        header_bytes = new
-    else:  # pragma: no cover - the offsets always settle
-        raise RuntimeError("chunk offsets did not settle")
-    out = [PREAMBLE.pack(MAGIC, FORMAT_VERSION, 0, len(header_bytes)), header_bytes, CRC.pack(_crc(header_bytes))]
+    # The stored index counts offsets from the first chunk, so the header does not depend on its own length
+    # (and may be compressed); readers add the header's end and see absolute offsets.
+    offset = 0
+    for entry, data in zip(index, stored):
+        entry["offset"] = offset
+        offset += CHUNK_HEAD.size + len(data)
+    stored_header = dict(header, chunks=[[e[k] for k in INDEX_FIELDS] for e in index], lods=_lod_ends(header, index),
+                         chunk_bytes=offset)
+    header_bytes, flags = _header_bytes(stored_header, entropy_coding)
+    first = PREAMBLE.size + len(header_bytes) + CRC.size
+    for entry in index:
+        entry["offset"] += first
+    out = [PREAMBLE.pack(MAGIC, FORMAT_VERSION, flags, len(header_bytes)), header_bytes, CRC.pack(_crc(header_bytes))]
     for entry, data in zip(index, stored):
         level = NO_LEVEL if entry["level"] is None else entry["level"]
         codec = next(c for c, n in entropy.NAMES.items() if n == entry["codec"])
         out.append(CHUNK_HEAD.pack(TAGS[entry["kind"]], level, codec, 0, len(data), _crc(data)))
         out.append(data)
     return b"".join(out), index
+
+
+def _header_bytes(header: dict, compress: bool) -> tuple[bytes, int]:
+    """The header as stored, and the preamble flags: zstd-compressed JSON when that is smaller."""
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    if compress:
+        packed = entropy.encode(entropy.ZSTD, text)
+        if len(packed) < len(text):
+            return packed, HEADER_ZSTD
+    return text, 0
 
 
 def _lod_ends(header: dict, index: list[dict]) -> list[dict]:
@@ -138,7 +146,7 @@ def parse_header(data: bytes, name: str = "input") -> tuple[dict, int]:
         raise FormatError(f"{name}: not a .tvq file")
     if version != FORMAT_VERSION:
         raise FormatError(f"{name}: .tvq format version {version} is not supported (this tvq reads {FORMAT_VERSION})")
-    if flags != 0:
+    if flags & ~HEADER_ZSTD:
         raise FormatError(f"{name}: unknown preamble flags {flags:#x}")
     if length > MAX_HEADER_BYTES:
         raise FormatError(f"{name}: header claims {length} bytes, more than any .tvq header holds")
@@ -149,11 +157,19 @@ def parse_header(data: bytes, name: str = "input") -> tuple[dict, int]:
     (crc,) = CRC.unpack_from(data, PREAMBLE.size + length)
     if crc != _crc(header_bytes):
         raise FormatError(f"{name}: header CRC mismatch (the file is damaged)")
+    if flags & HEADER_ZSTD:
+        try:
+            header_bytes = entropy.decode_unsized(entropy.ZSTD, header_bytes, MAX_HEADER_BYTES)
+        except entropy.CodecError as err:
+            raise FormatError(f"{name}: header does not decompress ({err})") from None
     try:
         header = json.loads(header_bytes.decode("utf-8"))
     except (ValueError, RecursionError):  # bad UTF-8 or JSON, or an integer too long to convert
         raise FormatError(f"{name}: header is not valid JSON") from None
     check_index(header, end, name)
+    for lod in header.get("lods") if isinstance(header.get("lods"), list) else ():
+        if isinstance(lod, dict) and _is_int(lod.get("end")):
+            lod["end"] += end  # absolute, like the chunk offsets (the model layer checks the table)
     return header, end
 
 
@@ -171,7 +187,7 @@ def check_index(header, first_chunk: int, name: str) -> None:
     if not all(isinstance(r, list) and len(r) == len(INDEX_FIELDS) for r in rows):
         raise FormatError(f"{name}: the header's chunk index is malformed")
     header["chunks"] = chunks = [dict(zip(INDEX_FIELDS, r)) for r in rows]
-    offset = first_chunk
+    offset = 0
     for i, e in enumerate(chunks):
         ok = (isinstance(e.get("kind"), str)
               and (e.get("level") is None or (_is_int(e.get("level")) and 0 <= e["level"] < NO_LEVEL))
@@ -180,12 +196,15 @@ def check_index(header, first_chunk: int, name: str) -> None:
         if not ok:
             raise FormatError(f"{name}: chunk {i} of the header's index is malformed")
         if e["offset"] != offset:
-            raise FormatError(f"{name}: chunk {i} of the index starts at byte {e['offset']}, expected {offset}")
+            raise FormatError(f"{name}: chunk {i} of the index starts at byte {first_chunk + e['offset']}, expected "
+                              f"{first_chunk + offset}")
         if e["kind"] in TAGS and e["codec"] == "raw" and e["length"] != e["raw_length"]:
             raise FormatError(f"{name}: chunk {i} is stored raw but its lengths differ")
+        e["offset"] += first_chunk
         offset += CHUNK_HEAD.size + e["length"]
-    if header.get("file_bytes") != offset:
-        raise FormatError(f"{name}: header says the file has {header.get('file_bytes')} bytes, its chunks {offset}")
+    if header.get("chunk_bytes") != offset:
+        raise FormatError(f"{name}: header says its chunks take {header.get('chunk_bytes')} bytes, the index {offset}")
+    header["file_bytes"] = first_chunk + offset
 
 
 def describe(entry: dict, i: int) -> str:
@@ -193,9 +212,9 @@ def describe(entry: dict, i: int) -> str:
     return f"chunk {i} ({entry['kind']}{level}, bytes {entry['offset']}..{entry['offset'] + CHUNK_HEAD.size + entry['length']})"
 
 
-def decode_chunk(data, entry: dict, i: int, name: str, symbols=None) -> bytes:
-    """Check chunk ``i`` (whose bytes ``data`` holds from ``entry['offset']``) against the index and its
-    CRCs and return its raw payload."""
+def check_chunk(data, entry: dict, i: int, name: str) -> bytes:
+    """Chunk ``i``'s stored bytes (``data`` holds them from ``entry['offset']``), once its head agrees with
+    the index and its CRC with its bytes."""
     start = entry["offset"]
     tag, level, codec, reserved, length, crc = CHUNK_HEAD.unpack_from(data, start)
     expected_level = NO_LEVEL if entry["level"] is None else entry["level"]
@@ -206,6 +225,13 @@ def decode_chunk(data, entry: dict, i: int, name: str, symbols=None) -> bytes:
     stored = bytes(data[start + CHUNK_HEAD.size:start + CHUNK_HEAD.size + length])
     if _crc(stored) != crc:
         raise FormatError(f"{name}: {describe(entry, i)}: CRC mismatch (the file is damaged)")
+    return stored
+
+
+def decode_chunk(data, entry: dict, i: int, name: str, symbols=None) -> bytes:
+    """Check chunk ``i`` (``check_chunk``) and return its raw payload, checked against its raw CRC."""
+    stored = check_chunk(data, entry, i, name)
+    codec = next(c for c, n in entropy.NAMES.items() if n == entry["codec"])
     try:
         raw = entropy.decode(codec, stored, entry["raw_length"], symbols)
     except entropy.CodecError as err:
@@ -255,6 +281,13 @@ class StreamDecoder:
                     raise
         completed = []
         chunks = self.header["chunks"]
+        # Every chunk these bytes complete is checked against the index and its CRC first (cheap), so
+        # damage anywhere is reported before any decoding work is spent on the chunks ahead of it.
+        i = self.next_chunk
+        while i < len(chunks) and len(self.buffer) >= chunks[i]["offset"] + CHUNK_HEAD.size + chunks[i]["length"]:
+            if chunks[i]["kind"] in TAGS:
+                check_chunk(self.buffer, chunks[i], i, self.name)
+            i += 1
         while self.next_chunk < len(chunks):
             entry = chunks[self.next_chunk]
             if len(self.buffer) < entry["offset"] + CHUNK_HEAD.size + entry["length"]:

@@ -43,6 +43,11 @@ def _zstd_decode(data: bytes, raw_length: int) -> bytes:
     import zstandard
 
     try:
+        # The frame states its size; python-zstandard would allocate whatever it states, so check it first.
+        size = zstandard.frame_content_size(data)
+        if size != raw_length:
+            raise CodecError(f"zstd frame states {size} bytes, expected {raw_length}" if size >= 0
+                             else "zstd frame does not state its size")
         out = zstandard.ZstdDecompressor().decompress(data, max_output_size=raw_length)
     except zstandard.ZstdError as err:
         raise CodecError(f"zstd: {err}") from None
@@ -111,9 +116,11 @@ def _ans_encode(raw: bytes, symbol_info) -> bytes:
 
     symbols, alphabet = _symbols(raw, symbol_info)
     counts = np.bincount(symbols, minlength=alphabet)
-    coder = constriction.stream.stack.AnsCoder()
-    coder.encode_reverse(symbols, _model(counts))
-    words = coder.get_compressed().astype("<u4")
+    words = np.zeros(0, "<u4")
+    if symbols.size:  # no model can be built of zero symbols, and none is needed
+        coder = constriction.stream.stack.AnsCoder()
+        coder.encode_reverse(symbols, _model(counts))
+        words = coder.get_compressed().astype("<u4")
     return np.uint32(symbols.size).astype("<u4").tobytes() + _varints(counts) + words.tobytes()
 
 
@@ -178,6 +185,21 @@ def decode(codec: int, stored: bytes, raw_length: int, symbols=None) -> bytes:
     if codec == ANS:
         return _ans_decode(stored, raw_length, symbols)
     raise CodecError(f"unknown codec {codec}")
+
+
+def decode_unsized(codec: int, stored: bytes, limit: int) -> bytes:
+    """Decode a zstd frame whose size is known only to be at most ``limit`` (the header)."""
+    import zstandard
+
+    if codec != ZSTD:
+        raise CodecError(f"codec {codec} needs a known raw length")
+    try:
+        params = zstandard.get_frame_parameters(stored)
+        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN or params.content_size > limit:
+            raise CodecError(f"the frame claims {params.content_size} bytes, more than {limit}")
+        return _zstd_decode(stored, params.content_size)
+    except zstandard.ZstdError as err:
+        raise CodecError(f"zstd: {err}") from None
 
 
 def encode_best(raw: bytes, candidates, symbols=None) -> tuple[int, bytes, dict]:

@@ -49,15 +49,68 @@ def _mlp_tensors(decoder: Decoder) -> list[torch.Tensor]:
     return [first.weight, first.bias, second.weight, second.bias]
 
 
+MLP_WEIGHTS = ("fp16", "int8")
+
+
 def mlp_bytes(model: dict) -> int:
+    """Raw bytes of the mlp chunk: fp16 everything, or int8 weights with an fp16 scale per output row and
+    fp16 biases."""
     d = model["decoder"]
-    return 2 * (d["hidden"] * d["inputs"] + d["hidden"] + 4 * d["hidden"] + 4)
+    hidden, inputs = d["hidden"], d["inputs"]
+    if d.get("weights", "fp16") == "int8":
+        return hidden * inputs + 4 * hidden + 2 * (hidden + 4) * 2
+    return 2 * (hidden * inputs + hidden + 4 * hidden + 4)
+
+
+def _int8_rows(w: torch.Tensor) -> tuple[bytes, bytes]:
+    """Symmetric 8-bit quantisation per output row: fp16 scales (max |w| / 127) and int8 values."""
+    w = w.detach().float().cpu()
+    scale = (w.abs().amax(dim=1) / 127).half().float()
+    q = torch.where(scale[:, None] > 0, w / scale.clamp(min=1e-30)[:, None], torch.zeros_like(w))
+    return _fp16(scale), q.round().clamp(-127, 127).to(torch.int8).numpy().tobytes()
+
+
+def mlp_payload(decoder: Decoder, weights: str) -> bytes:
+    w1, b1, w2, b2 = _mlp_tensors(decoder)
+    if weights == "fp16":
+        return b"".join(_fp16(t) for t in (w1, b1, w2, b2))
+    s1, q1 = _int8_rows(w1)
+    s2, q2 = _int8_rows(w2)
+    return b"".join([s1, s2, _fp16(b1), _fp16(b2), q1, q2])
+
+
+def mlp_chunk(decoder: Decoder, weights: str) -> Chunk:
+    return Chunk("mlp", None, mlp_payload(decoder, weights), FP16_CODECS if weights == "fp16" else BYTE_CODECS)
+
+
+def load_mlp(decoder: Decoder, raw: bytes, weights: str) -> None:
+    tensors = _mlp_tensors(decoder)
+    with torch.no_grad():
+        if weights == "fp16":
+            offsets = np.cumsum([0] + [t.numel() for t in tensors]) * 2
+            for t, a, b in zip(tensors, offsets[:-1], offsets[1:]):
+                t.copy_(_from_fp16(raw[a:b], t.shape))
+            return
+        w1, b1, w2, b2 = tensors
+        h, n_in = w1.shape
+        pos = 0
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            pos += n
+            return raw[pos - n:pos]
+
+        s1, s2 = _from_fp16(take(2 * h), (h, 1)), _from_fp16(take(8), (4, 1))
+        b1.copy_(_from_fp16(take(2 * h), (h,)))
+        b2.copy_(_from_fp16(take(8), (4,)))
+        w1.copy_(torch.from_numpy(np.frombuffer(take(h * n_in), np.int8).astype(np.float32).reshape(h, n_in)) * s1)
+        w2.copy_(torch.from_numpy(np.frombuffer(take(4 * h), np.int8).astype(np.float32).reshape(4, h)) * s2)
 
 
 # ---- writing -------------------------------------------------------------------------------------------
 
 
-def model_header(field: RadianceField, kind: str, bits: int = 0, rank: int = 0) -> dict:
+def model_header(field: RadianceField, kind: str, bits: int = 0, rank: int = 0, mlp: str = "fp16") -> dict:
     grid, octree, decoder = field.grid, field.octree, field.decoder
     first = decoder.net[0]
     return {
@@ -65,19 +118,20 @@ def model_header(field: RadianceField, kind: str, bits: int = 0, rank: int = 0) 
         "max_level": octree.max_level, "num_lods": grid.num_lods, "levels": list(grid.levels),
         "seed": int(getattr(grid, "seed", 0)),
         "decoder": {"inputs": first.in_features, "hidden": first.out_features, "outputs": 4,
-                    "num_freqs": decoder.num_freqs, "density": "relu", "color": "sigmoid"},
+                    "num_freqs": decoder.num_freqs, "density": "relu", "color": "sigmoid", "weights": mlp},
         "normalization": {"center": [float(x) for x in octree.center.tolist()], "scale": float(octree.scale)},
         "counts": {"cells": [octree.num_cells(l) for l in range(octree.max_level + 1)],
                    "vertices": [octree.num_vertices(l) for l in grid.levels]},
     }
 
 
-def field_chunks(field: RadianceField, kind: str | None = None, per_level=None) -> list[Chunk]:
+def field_chunks(field: RadianceField, kind: str | None = None, per_level=None, mlp: str = "fp16") -> list[Chunk]:
     """The chunks of ``field`` in stream order. ``per_level(k, level) -> list[Chunk]`` overrides the
-    feature chunks of each level (post-hoc methods); by default they follow the grid's kind."""
+    feature chunks of each level (post-hoc methods); by default they follow the grid's kind. ``mlp``:
+    the decoder's weights as fp16 or int8."""
     grid, octree = field.grid, field.octree
     kind = kind or grid.kind
-    chunks = [Chunk("mlp", None, b"".join(_fp16(t) for t in _mlp_tensors(field.decoder)), FP16_CODECS)]
+    chunks = [mlp_chunk(field.decoder, mlp)]
     masks = octree.child_masks()
 
     def structure(level: int) -> Chunk:
@@ -130,7 +184,7 @@ def check_model(header: dict, name: str) -> None:
     m = header.get("model")
     if not isinstance(m, dict):
         bad("no model description")
-    if m.get("kind") not in LEVEL_KINDS:
+    if not isinstance(m.get("kind"), str) or m["kind"] not in LEVEL_KINDS:
         bad(f"unknown model kind {m.get('kind')!r}")
     if not _int(m.get("max_level"), 1, 12) or not _int(m.get("num_lods"), 1, 13) or m["num_lods"] > m["max_level"] + 1:
         bad("max_level / num_lods out of range")
@@ -149,7 +203,8 @@ def check_model(header: dict, name: str) -> None:
         bad("seed out of range")
     d = m.get("decoder")
     if (not isinstance(d, dict) or not _int(d.get("hidden"), 1, 4096) or not _int(d.get("num_freqs"), 0, 16)
-            or d.get("inputs") != m["feature_dim"] + 3 + 6 * d["num_freqs"] or d.get("outputs") != 4):
+            or d.get("inputs") != m["feature_dim"] + 3 + 6 * d["num_freqs"] or d.get("outputs") != 4
+            or d.get("weights", "fp16") not in MLP_WEIGHTS):
         bad("decoder shape malformed")
     norm = m.get("normalization")
     if (not isinstance(norm, dict) or not isinstance(norm.get("center"), list) or len(norm["center"]) != 3
@@ -219,10 +274,12 @@ def expected_chunks(m: dict) -> list[tuple[str, int | None, int]]:
 
 class ModelAssembler:
     """Receives verified raw payloads in stream order (from ``StreamDecoder``) and builds the field of the
-    LODs received so far."""
+    LODs received so far, on ``device`` (the structure is rebuilt there: on a GPU its vertex tables take
+    milliseconds, on a CPU most of a large file's decoding time)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, device=None):
         self.name = name
+        self.device = torch.device(device or "cpu")
         self.header: dict | None = None
         self.model: dict | None = None
         self.decoder: Decoder | None = None
@@ -236,7 +293,7 @@ class ModelAssembler:
         check_model(header, self.name)
         self.header, self.model = header, header["model"]
         m = self.model
-        root = torch.zeros(m["counts"]["cells"][0], dtype=torch.int64)
+        root = torch.zeros(m["counts"]["cells"][0], dtype=torch.int64, device=self.device)
         self._add_level(root)
 
     def symbols(self, i: int, entry: dict):
@@ -266,14 +323,10 @@ class ModelAssembler:
         if kind == "mlp":
             d = m["decoder"]
             decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
-            sizes = [t.numel() for t in _mlp_tensors(decoder)]
-            offsets = np.cumsum([0] + sizes) * 2
-            with torch.no_grad():
-                for t, a, b in zip(_mlp_tensors(decoder), offsets[:-1], offsets[1:]):
-                    t.copy_(_from_fp16(raw[a:b], t.shape))
+            load_mlp(decoder, raw, d.get("weights", "fp16"))
             self.decoder = decoder
         elif kind == "structure":
-            mask = torch.from_numpy(np.frombuffer(raw, np.uint8).copy())
+            mask = torch.from_numpy(np.frombuffer(raw, np.uint8).copy()).to(self.device)
             self._add_level(child_cells(self.cells[level - 1], mask, level - 1))
         else:
             self.level_data.setdefault(level, {})[kind] = raw
@@ -281,7 +334,8 @@ class ModelAssembler:
                 self.lods += 1
 
     def field(self, lods: int | None = None, device=None) -> RadianceField:
-        """The field of the first ``lods`` complete LODs (default: all received)."""
+        """The field of the first ``lods`` complete LODs (default: all received), on the assembler's device
+        (or moved to ``device``)."""
         lods = self.lods if lods is None else lods
         if not 1 <= lods <= self.lods:
             raise FormatError(f"{self.name}: {self.lods} LODs are complete, {lods} asked for")
@@ -310,7 +364,7 @@ class ModelAssembler:
                 else:
                     grid.codebooks[k * codes:(k + 1) * codes] = _from_fp16(data["codebook"], (codes, F))
                     if m["kind"] == "vq":
-                        idx = torch.from_numpy(bitpack.unpack(data["indices"], bits, n))
+                        idx = torch.from_numpy(bitpack.unpack(data["indices"], bits, n)).to(self.device)
                         grid.indices[rows] = (idx + k * codes).to(torch.int32)
                     else:
                         seed, function = np.frombuffer(data["hash"], "<u4").tolist()
@@ -318,8 +372,8 @@ class ModelAssembler:
                             raise FormatError(f"{self.name}: level {level}: unknown hash function {function}")
                         idx = spatial_hash(octree.vertices[level], level, bits, seed)
                         grid.indices[rows] = (idx + k * codes).to(torch.int32)
-        field = RadianceField(grid, self._decoder_copy())
-        return field if device is None else to_device(field, device)
+        field = RadianceField(grid, self._decoder_copy().to(self.device)).eval()
+        return field if device is None or torch.device(device) == self.device else to_device(field, device)
 
     def _decoder_copy(self) -> Decoder:
         d = self.model["decoder"]

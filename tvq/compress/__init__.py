@@ -21,7 +21,7 @@ METHODS = ("kmeans", "lra")
 
 
 def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6, rank: int = 4,
-                        entropy: bool = True, seed: int = 0, log=print) -> dict:
+                        entropy: bool = True, mlp: str = "int8", seed: int = 0, log=print) -> dict:
     """Compress a checkpoint's raw field with ``method``; returns the .tvq size report and timings."""
     from ..export import checkpoint_cameras, write_field
     from ..train import field_from_checkpoint, load_checkpoint
@@ -45,6 +45,6 @@ def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6,
         compressed, kwargs = field, lra.chunk_options(field, rank)
     seconds = time.perf_counter() - t0
     report = write_field(out, compressed, ckpt["scene"]["background"], checkpoint_cameras(ckpt), entropy=entropy,
-                         info={"source": str(checkpoint), "method": method}, method=method, **kwargs)
+                         info={"source": str(checkpoint), "method": method}, method=method, mlp=mlp, **kwargs)
     report["compress_seconds"] = seconds
     return report

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The .tvq study on a GPU: train lego raw, 6-bit VQ-AD and the 12-bit hash baseline, compress the raw model
+# post hoc (kmVQ 6-bit, LRA rank 4), then rate-distortion of every LOD prefix of every file (tvq eval) and the
+# codec benchmark (bytes per component with and without entropy coding, decode times, PSNR file vs checkpoint).
+#
+#   bash benchmarks/codec_lego.sh SCENE RESULTS_DIR [MINUTES_RAW MINUTES_VQ MINUTES_HASH]
+set -euo pipefail
+scene=$1 results=$2
+m0=${3:-2} m6=${4:-2.5} mh=${5:-1}
+runs=${RUNS_DIR:-/tmp/tvq-runs}
+mkdir -p "$results" "$runs"
+log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$results/log.txt"; }
+
+log "train: raw ${m0} min, 6-bit ${m6} min, hash 12-bit ${mh} min"
+python3 -m benchmarks.train --runs "$scene:0:$m0" "$scene:6:$m6" "$scene:12:$mh:{\"hash\": true}" \
+  --runs-dir "$runs" --out "$results/train.json" --config '{"eval_every": 1000}' >>"$results/log.txt" 2>&1
+name=$(basename "$scene")
+b0=$runs/$name-bits0 b6=$runs/$name-bits6 hash=$runs/$name-bits12-2
+
+log "compress: kmeans 6-bit and lra rank 4 of the raw model"
+tvq compress "$b0/checkpoint.pt" --method kmeans --bits 6 -o "$runs/kmeans6.tvq" >>"$results/log.txt" 2>&1
+tvq compress "$b0/checkpoint.pt" --method lra --rank 4 -o "$runs/lra4.tvq" >>"$results/log.txt" 2>&1
+cp "$b6/model.tvq" "$runs/vqad6.tvq"; cp "$b0/model.tvq" "$runs/raw.tvq"; cp "$hash/model.tvq" "$runs/hash12.tvq"
+
+log "eval: every LOD prefix of every file"
+tvq eval "$runs/vqad6.tvq" "$runs/kmeans6.tvq" "$runs/hash12.tvq" "$runs/lra4.tvq" "$runs/raw.tvq" --scene "$scene" \
+  --out "$results/rd" --ref "VQRF:1562378:35.44" --ref "DVGO:132600000:35.96" >>"$results/log.txt" 2>&1
+
+log "codec benchmark"
+python3 -m benchmarks.codec --checkpoints "$b0/checkpoint.pt" "$b6/checkpoint.pt" --scene "$scene" \
+  --out "$results/codec.json" >>"$results/log.txt" 2>&1
+for f in vqad6 kmeans6 hash12 lra4 raw; do tvq info "$runs/$f.tvq" --json > "$results/info-$f.json"; done
+log "done"
