@@ -295,6 +295,50 @@ def tour_cmd(
     typer.echo(f"pictures and timings.json in {out}")
 
 
+class ViewMode(str, Enum):
+    color = "color"
+    depth = "depth"
+    opacity = "opacity"
+    samples = "samples"
+    cells = "cells"
+
+
+@app.command("view")
+def view_cmd(
+    model: Path = typer.Argument(..., help="A .tvq file (or a checkpoint.pt) to inspect."),
+    scene: Optional[Path] = typer.Option(None, "--scene", help="The scene folder: snap to its cameras, ground truth "
+                                         "and PSNR beside the render."),
+    screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="Render one frame headless to this PNG "
+                                              "and exit."),
+    lod: Optional[int] = typer.Option(None, "--lod", help="LOD to show (default: the finest available)."),
+    view: Optional[int] = typer.Option(None, "--view", help="Camera to start from: the scene's test views, then its "
+                                       "training views; without --scene the file's training poses."),
+    mode: ViewMode = typer.Option(ViewMode.color, "--mode", help="What to draw."),
+    size: Optional[str] = typer.Option(None, "--size", help="Window or screenshot size WxH (default 800x800; a "
+                                       "screenshot defaults to the camera's image size)."),
+    max_bytes: Optional[int] = typer.Option(None, "--bytes", min=0, help="Open only the first N bytes of the .tvq."),
+    stream: bool = typer.Option(False, "--stream", help="Start with the streaming simulation running."),
+    bandwidth: float = typer.Option(64.0, "--bandwidth", min=0.1, help="Simulated bandwidth in kB/s."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic resolution holding --target-fps."),
+    target_fps: float = typer.Option(10.0, "--target-fps", min=0.5, help="Frame rate dynamic resolution aims for."),
+    downscale: int = typer.Option(1, "--downscale", min=1, help="Load the scene's images downscaled."),
+    arch: Optional[Arch] = ArchOption,
+) -> None:
+    """The realtime GGUI inspector: orbit, LODs, view modes, streaming simulation, cameras, screenshots."""
+    from tvq.apps.viewer import screenshot as take_screenshot
+    from tvq.apps.viewer import view as open_viewer
+
+    if screenshot is not None:
+        shot = take_screenshot(model, screenshot, lod=lod, view=view, mode=mode.value, size=size, scene=scene,
+                               max_bytes=max_bytes, arch=_value(arch), scene_downscale=downscale)
+        w, h = shot["size"]
+        typer.echo(f"wrote {shot['path']} ({w}x{h}, LOD {shot['lod']}, {shot['mode']})")
+        return
+    open_viewer(model, scene=scene, size=size or "800x800", max_bytes=max_bytes, arch=_value(arch), lod=lod,
+                mode=mode.value, stream=stream, bandwidth=bandwidth, dynamic=dynamic, target_fps=target_fps,
+                scene_downscale=downscale, camera=view)
+
+
 class Method(str, Enum):
     kmeans = "kmeans"
     lra = "lra"

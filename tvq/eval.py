@@ -11,7 +11,18 @@ import torch
 from .atomic import atomic_write
 from .field import RadianceField
 from .metrics import psnr, ssim
-from .render import RenderOptions, render_image
+from .render import RenderOptions
+
+
+def fast_renderer(field: RadianceField, background: torch.Tensor, options: RenderOptions | None = None):
+    """The inference path (``tvq.infer.FastRenderer``) with ``options``' sampling: its images match the
+    training renderer's. Built per call: a field being trained changes between calls."""
+    from .infer import FastRenderer
+
+    options = options or RenderOptions(early_stop=True)
+    return FastRenderer(field, background, samples_per_cell=options.samples_per_cell,
+                        max_samples_per_ray=options.max_samples_per_ray,
+                        early_stop_eps=1e-4 if options.early_stop else 0.0)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -30,11 +41,12 @@ def evaluate(field: RadianceField, views, background: torch.Tensor, lods=None, o
     lods = range(field.num_lods) if lods is None else lods
     views = list(views)[:max_views] if max_views else list(views)
     device = background.device
+    renderer = fast_renderer(field, background, options)
     results = []
     for lod in lods:
         scores_p, scores_s = [], []
         for i, view in enumerate(views):
-            out = render_image(field, view.K, view.c2w, view.width, view.height, lod, background, options)
+            out = renderer.render(view.K, view.c2w, view.width, view.height, lod)
             target = torch.from_numpy(view.image).to(device)
             scores_p.append(psnr(out["color"], target))
             scores_s.append(ssim(out["color"], target))

@@ -185,7 +185,8 @@ def render_orbit(model_path: Path, out: Path, frames: int = 36, lod: int | None 
 
     from .eval import to_uint8, write_png
     from .export import open_model
-    from .render import orbit_poses, render_image
+    from .eval import fast_renderer
+    from .render import orbit_poses
 
     out = Path(out)
     suffix = "" if out.is_dir() else out.suffix.lower()
@@ -212,9 +213,10 @@ def render_orbit(model_path: Path, out: Path, frames: int = 36, lod: int | None 
         K[:2] *= width / w
         w, h = width, max(1, round(h * width / w))
     center = field.octree.center
+    renderer = fast_renderer(field, model.background)
     images = []
     for k, pose in enumerate(orbit_poses(cams["c2ws"], center, frames)):
-        image = render_image(field, K, pose, w, h, lod, model.background, RenderOptions(early_stop=True))["color"]
+        image = renderer.render(K, pose, w, h, lod)["color"]
         if suffix:
             images.append(to_uint8(image))
         else:

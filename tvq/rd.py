@@ -90,13 +90,13 @@ def _lpips_model(weights: str | None, views: list, device, log):
 
 
 def _lpips_score(metric, field, views, lod: int, background) -> float:
-    from .render import RenderOptions, render_image
+    from .eval import fast_renderer
 
-    options = RenderOptions(early_stop=True)  # as tvq.eval.evaluate renders
+    renderer = fast_renderer(field, background)  # as tvq.eval.evaluate renders
     scores = []
     with torch.no_grad():
         for view in views:
-            out = render_image(field, view.K, view.c2w, view.width, view.height, lod, background, options)
+            out = renderer.render(view.K, view.c2w, view.width, view.height, lod)
             scores.append(metric(out["color"], torch.from_numpy(view.image)))
     return float(np.mean(scores))
 
