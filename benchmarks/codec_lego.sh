@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The .tvq study on a GPU: train lego raw, 6-bit VQ-AD and the 12-bit hash baseline, compress the raw model
 # post hoc (kmVQ 6-bit, LRA rank 4), then rate-distortion of every LOD prefix of every file (tvq eval) and the
-# codec benchmark (bytes per component with and without entropy coding, decode times, PSNR file vs checkpoint).
+# codec benchmark (bytes per component with and without entropy coding, decode times, PSNR file vs checkpoint),
+# then the inference benchmark on the raw and 6-bit files (ms per frame per LOD, fast path vs training renderer,
+# the viewer's frame time) and the CUDA tests of the inference path.
 #
 #   bash benchmarks/codec_lego.sh SCENE RESULTS_DIR [MINUTES_RAW MINUTES_VQ MINUTES_HASH]
 set -euo pipefail
@@ -30,4 +32,12 @@ log "codec benchmark"
 python3 -m benchmarks.codec --checkpoints "$b0/checkpoint.pt" "$b6/checkpoint.pt" --scene "$scene" \
   --out "$results/codec.json" >>"$results/log.txt" 2>&1
 for f in vqad6 kmeans6 hash12 lra4 raw; do tvq info "$runs/$f.tvq" --json > "$results/info-$f.json"; done
+
+log "render benchmark at ${RENDER_SIZE:-800}x${RENDER_SIZE:-800}"
+python3 -m benchmarks.render --models "raw=$runs/raw.tvq" "b6=$runs/vqad6.tvq" --size "${RENDER_SIZE:-800}" \
+  --target-fps 60 --out "$results/render.json" >>"$results/log.txt" 2>&1
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  log "CUDA tests"
+  python3 -m pytest -q -m cuda tests -p no:cacheprovider > "$results/cuda-tests.txt" 2>&1 || true
+fi
 log "done"
