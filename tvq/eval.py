@@ -33,6 +33,26 @@ def write_png(path: Path, image: torch.Tensor) -> None:
     atomic_write(path, lambda tmp: iio.imwrite(tmp, to_uint8(image)), suffix=".png")
 
 
+def write_video(path: Path, frames: np.ndarray, fps: int, instead: str = "write a .gif") -> None:
+    """(N, H, W, 3) uint8 frames as a .gif or .mp4 (by the suffix), atomically; an MP4 needs
+    imageio-ffmpeg, and without it the error suggests ``instead``."""
+    from .errors import TvqError
+
+    suffix = Path(path).suffix.lower()
+
+    def write(tmp: str) -> None:
+        if suffix == ".gif":
+            iio.imwrite(tmp, frames, duration=1000 / fps, loop=0)
+            return
+        try:
+            iio.imwrite(tmp, frames, fps=fps, codec="libx264")
+        except Exception as err:
+            raise TvqError(f"{path}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
+                           f"{instead}") from None
+
+    atomic_write(path, write, suffix=suffix)
+
+
 @torch.no_grad()
 def evaluate(field: RadianceField, views, background: torch.Tensor, lods=None, options: RenderOptions | None = None,
              render_dir: Path | None = None, max_views: int | None = None) -> list[dict]:

@@ -14,7 +14,7 @@ import torch
 from . import runtime
 from .data import load_scene
 from .errors import TvqError
-from .atomic import atomic_write, write_json
+from .atomic import write_json
 from .eval import evaluate
 from .render import RenderOptions
 from .train import TrainConfig, Trainer, vertex_report
@@ -180,12 +180,10 @@ def render_orbit(model_path: Path, out: Path, frames: int = 36, lod: int | None 
                  fps: int = 24, arch: str | None = None, max_bytes: int | None = None, log=_log) -> Path:
     """Render ``frames`` views on an orbit of a .tvq (or its first ``max_bytes``) or a checkpoint; PNG
     frames into a folder, or one .gif / .mp4 file."""
-    import imageio.v3 as iio
     import numpy as np
 
-    from .eval import to_uint8, write_png
+    from .eval import fast_renderer, to_uint8, write_png, write_video
     from .export import open_model
-    from .eval import fast_renderer
     from .render import orbit_poses
 
     out = Path(out)
@@ -226,17 +224,5 @@ def render_orbit(model_path: Path, out: Path, frames: int = 36, lod: int | None 
             if not stale.stem[6:].isdigit() or int(stale.stem[6:]) >= frames:
                 stale.unlink()
         return out
-    frames_array = np.stack(images)
-
-    def write(tmp: str) -> None:
-        if suffix == ".gif":
-            iio.imwrite(tmp, frames_array, duration=1000 / fps, loop=0)
-            return
-        try:
-            iio.imwrite(tmp, frames_array, fps=fps, codec="libx264")
-        except Exception as err:
-            raise TvqError(f"{out}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
-                           "write a .gif or a folder of PNGs") from None
-
-    atomic_write(out, write, suffix=suffix)
+    write_video(out, np.stack(images), fps, instead="write a .gif or a folder of PNGs")
     return out

@@ -311,7 +311,7 @@ class ViewerState:
 
     def __init__(self, path, scene=None, size=(800, 800), max_bytes: int | None = None, arch: str | None = None,
                  scene_downscale: int = 1, bandwidth: float = 64.0, log=None):
-        from tvq import codec, runtime
+        from tvq import runtime
         from tvq.export import open_model
 
         self.path = Path(path)
@@ -614,9 +614,7 @@ class ViewerState:
     def record_orbit(self, out, frames: int = 36, fps: int = 24, width: int | None = None,
                      height: int | None = None) -> Path:
         """One turn around the target from the current camera (current LOD and mode) as a GIF or MP4."""
-        import imageio.v3 as iio
-
-        from tvq.atomic import atomic_write
+        from tvq.eval import write_video
 
         out = Path(out)
         suffix = out.suffix.lower()
@@ -626,18 +624,7 @@ class ViewerState:
             raise TvqError(f"frames must be at least 1, got {frames}")
         images = np.stack([to_uint8(self.render(width, height, c2w=pose, scale=False))
                            for pose in self.controller.orbit_poses(frames)])
-
-        def write(tmp: str) -> None:
-            if suffix == ".gif":
-                iio.imwrite(tmp, images, duration=1000 / fps, loop=0)
-                return
-            try:
-                iio.imwrite(tmp, images, fps=fps, codec="libx264")
-            except Exception as err:
-                raise TvqError(f"{out}: cannot write MP4 ({type(err).__name__}: {err}); without imageio-ffmpeg, "
-                               "record a .gif") from None
-
-        atomic_write(out, write, suffix=suffix)
+        write_video(out, images, fps, instead="record a .gif")
         return out
 
     # ---- input from the window -----------------------------------------------------------------

@@ -194,12 +194,13 @@ def decode_unsized(codec: int, stored: bytes, limit: int) -> bytes:
     if codec != ZSTD:
         raise CodecError(f"codec {codec} needs a known raw length")
     try:
-        params = zstandard.get_frame_parameters(stored)
-        if params.content_size == zstandard.CONTENTSIZE_UNKNOWN or params.content_size > limit:
-            raise CodecError(f"the frame claims {params.content_size} bytes, more than {limit}")
-        return _zstd_decode(stored, params.content_size)
+        size = zstandard.frame_content_size(stored)
     except zstandard.ZstdError as err:
         raise CodecError(f"zstd: {err}") from None
+    if not 0 <= size <= limit:
+        raise CodecError(f"the frame claims {size} bytes, more than {limit}" if size > limit
+                         else "zstd frame does not state its size")
+    return _zstd_decode(stored, size)
 
 
 def encode_best(raw: bytes, candidates, symbols=None) -> tuple[int, bytes, dict]:
