@@ -12,32 +12,40 @@ m0=${3:-2} m6=${4:-2.5} mh=${5:-1}
 runs=${RUNS_DIR:-/tmp/tvq-runs}
 mkdir -p "$results" "$runs"
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$results/log.txt"; }
+# A failed step is logged and the study goes on, so one GPU session measures everything that works.
+step() { "$@" >>"$results/log.txt" 2>&1 || log "FAILED ($?): $*"; }
 
 log "train: raw ${m0} min, 6-bit ${m6} min, hash 12-bit ${mh} min"
-python3 -m benchmarks.train --runs "$scene:0:$m0" "$scene:6:$m6" "$scene:12:$mh:{\"hash\": true}" \
-  --runs-dir "$runs" --out "$results/train.json" --config '{"eval_every": 1000}' >>"$results/log.txt" 2>&1
+step python3 -m benchmarks.train --runs "$scene:0:$m0" "$scene:6:$m6" "$scene:12:$mh:{\"hash\": true}" \
+  --runs-dir "$runs" --out "$results/train.json" --config '{"eval_every": 1000}'
 name=$(basename "$scene")
 b0=$runs/$name-bits0 b6=$runs/$name-bits6 hash=$runs/$name-bits12-2
 
+# The CUDA tests run beside the steps whose time is not reported.
+cuda_pid=
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  log "CUDA tests (beside compress and eval)"
+  python3 -m pytest -q -m cuda tests -p no:cacheprovider > "$results/cuda-tests.txt" 2>&1 &
+  cuda_pid=$!
+fi
+
 log "compress: kmeans 6-bit and lra rank 4 of the raw model"
-tvq compress "$b0/checkpoint.pt" --method kmeans --bits 6 -o "$runs/kmeans6.tvq" >>"$results/log.txt" 2>&1
-tvq compress "$b0/checkpoint.pt" --method lra --rank 4 -o "$runs/lra4.tvq" >>"$results/log.txt" 2>&1
-cp "$b6/model.tvq" "$runs/vqad6.tvq"; cp "$b0/model.tvq" "$runs/raw.tvq"; cp "$hash/model.tvq" "$runs/hash12.tvq"
+step tvq compress "$b0/checkpoint.pt" --method kmeans --bits 6 -o "$runs/kmeans6.tvq"
+step tvq compress "$b0/checkpoint.pt" --method lra --rank 4 -o "$runs/lra4.tvq"
+cp "$b6/model.tvq" "$runs/vqad6.tvq" && cp "$b0/model.tvq" "$runs/raw.tvq" && cp "$hash/model.tvq" "$runs/hash12.tvq" || log "FAILED: a training run wrote no model.tvq"
 
 log "eval: every LOD prefix of every file"
-tvq eval "$runs/vqad6.tvq" "$runs/kmeans6.tvq" "$runs/hash12.tvq" "$runs/lra4.tvq" "$runs/raw.tvq" --scene "$scene" \
-  --out "$results/rd" --ref "VQRF:1562378:35.44" --ref "DVGO:132600000:35.96" >>"$results/log.txt" 2>&1
+step tvq eval "$runs/vqad6.tvq" "$runs/kmeans6.tvq" "$runs/hash12.tvq" "$runs/lra4.tvq" "$runs/raw.tvq" --scene "$scene" \
+  --out "$results/rd" --ref "VQRF:1562378:35.44" --ref "DVGO:132600000:35.96"
+
+[ -n "$cuda_pid" ] && { wait "$cuda_pid" || log "CUDA tests failed (see cuda-tests.txt)"; }
 
 log "codec benchmark"
-python3 -m benchmarks.codec --checkpoints "$b0/checkpoint.pt" "$b6/checkpoint.pt" --scene "$scene" \
-  --out "$results/codec.json" >>"$results/log.txt" 2>&1
-for f in vqad6 kmeans6 hash12 lra4 raw; do tvq info "$runs/$f.tvq" --json > "$results/info-$f.json"; done
+step python3 -m benchmarks.codec --checkpoints "$b0/checkpoint.pt" "$b6/checkpoint.pt" --scene "$scene" \
+  --out "$results/codec.json"
+for f in vqad6 kmeans6 hash12 lra4 raw; do tvq info "$runs/$f.tvq" --json > "$results/info-$f.json" || log "FAILED: info $f"; done
 
 log "render benchmark at ${RENDER_SIZE:-800}x${RENDER_SIZE:-800}"
-python3 -m benchmarks.render --models "raw=$runs/raw.tvq" "b6=$runs/vqad6.tvq" --size "${RENDER_SIZE:-800}" \
-  --target-fps 60 --out "$results/render.json" >>"$results/log.txt" 2>&1
-if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  log "CUDA tests"
-  python3 -m pytest -q -m cuda tests -p no:cacheprovider > "$results/cuda-tests.txt" 2>&1 || true
-fi
+step python3 -m benchmarks.render --models "raw=$runs/raw.tvq" "b6=$runs/vqad6.tvq" --size "${RENDER_SIZE:-800}" \
+  --target-fps 60 --out "$results/render.json"
 log "done"
