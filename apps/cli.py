@@ -202,7 +202,7 @@ class MlpWeights(str, Enum):
     fp16 = "fp16"
 
 
-MlpOption = typer.Option(None, "--mlp", help="Decoder weights in the file: int8 (fp16 scale per row; the default) or "
+MlpOption = typer.Option(None, "--mlp", help="Decoder weights in the file: int8 (fp16 scales per row and per column; the default) or "
                          "fp16 (the default with --no-entropy).")
 
 

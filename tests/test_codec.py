@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import tvq.codec as codec
 from tvq import runtime
 from tvq.codec import bitpack, container, entropy
+from tvq.codec.model import load_mlp, mlp_payload
 from tvq.codec.container import CHUNK_HEAD, CRC, FORMAT_VERSION, MAGIC, PREAMBLE, FormatError, Truncated
 from tvq.errors import TvqError
 from tvq.field import Decoder, FeatureOctree, RadianceField
@@ -302,7 +303,8 @@ def _mlp(field) -> list[torch.Tensor]:
 
 def _check_mlp(field, decoded) -> None:
     """Biases exact to fp16; weights exact to fp16, or (int8) an integer in -127..127 times an fp16 scale
-    per output row of max |w| / 127, so within half a scale of the original."""
+    per output row and an fp16 scale per input column (max |w| of the column), so within half a step of the
+    original."""
     weights = decoded.header["model"]["decoder"].get("weights", "fp16")
     got, want = _mlp(decoded.field), _mlp(field)
     for k in (1, 3):
@@ -313,10 +315,34 @@ def _check_mlp(field, decoded) -> None:
             assert torch.equal(a, _fp16(w))
             continue
         assert weights == "int8"
-        scale = (w.abs().amax(dim=1) / 127).half().float()[:, None]
-        q = a / scale.clamp(min=1e-30)
+        col = w.abs().amax(dim=0).half().float()[None]
+        row = ((w / col.clamp(min=1e-30)).abs().amax(dim=1) / 127).half().float()[:, None]
+        step = row * col
+        q = a / step.clamp(min=1e-30)
         assert torch.allclose(q, q.round(), atol=1e-3, rtol=0) and q.abs().max() <= 127 + 1e-3
-        assert ((a - w).abs() <= scale / 2 * 1.001 + 1e-7).all()
+        assert ((a - w).abs() <= step / 2 * 1.01 + 1e-7).all()
+
+
+def test_int8_mlp_keeps_small_weights_of_large_features():
+    """Features that grew 100x with the weights reading them shrunk 100x: the same network. One scale per row
+    (set by the view-direction weights) would round those weights to a few levels; the per-column scale keeps
+    the decoded network's output as close as for unscaled features."""
+    torch.manual_seed(0)
+    errors = []
+    for factor in (1.0, 100.0):
+        decoder = Decoder(8, hidden=32, num_freqs=2)
+        with torch.no_grad():
+            decoder.net[0].weight[:, :8] /= factor
+        payload = mlp_payload(decoder, "int8")
+        decoded = Decoder(8, hidden=32, num_freqs=2)
+        load_mlp(decoded, payload, "int8")
+        features = torch.randn(2048, 8) * factor
+        dirs = torch.nn.functional.normalize(torch.randn(2048, 3), dim=1)
+        with torch.no_grad():
+            want, got = decoder(features, dirs), decoded(features, dirs)
+        out = lambda pair: torch.cat([pair[0][:, None], pair[1]], dim=1)  # noqa: E731 density, colour
+        errors.append(float((out(got) - out(want)).abs().max()))
+    assert errors[1] <= 2 * errors[0] + 1e-6, errors
 
 
 def _check_round_trip(field, decoded, lods=None):

@@ -48,7 +48,7 @@ def encode(field, *, background, cameras: dict | None = None, kind: str | None =
     """The .tvq bytes of ``field`` and the chunk index (with every codec's size per chunk).
 
     ``kind`` and ``chunks`` let a post-hoc method (kmeans, lra) store a raw field its own way (their mlp
-    chunk is replaced by one of precision ``mlp``: int8 weights with fp16 row scales, or fp16)."""
+    chunk is replaced by one of precision ``mlp``: int8 weights with fp16 scales per row and per column, or fp16)."""
     from .model import MLP_WEIGHTS, mlp_chunk
 
     if mlp not in MLP_WEIGHTS:

@@ -53,30 +53,36 @@ MLP_WEIGHTS = ("fp16", "int8")
 
 
 def mlp_bytes(model: dict) -> int:
-    """Raw bytes of the mlp chunk: fp16 everything, or int8 weights with an fp16 scale per output row and
-    fp16 biases."""
+    """Raw bytes of the mlp chunk: fp16 everything, or int8 weights with fp16 scales per output row and per
+    input column, and fp16 biases."""
     d = model["decoder"]
     hidden, inputs = d["hidden"], d["inputs"]
     if d.get("weights", "fp16") == "int8":
-        return hidden * inputs + 4 * hidden + 2 * (hidden + 4) * 2
+        scales = (hidden + inputs) + (4 + hidden)
+        return hidden * inputs + 4 * hidden + 2 * scales + 2 * (hidden + 4)
     return 2 * (hidden * inputs + hidden + 4 * hidden + 4)
 
 
-def _int8_rows(w: torch.Tensor) -> tuple[bytes, bytes]:
-    """Symmetric 8-bit quantisation per output row: fp16 scales (max |w| / 127) and int8 values."""
+def _int8_two_sided(w: torch.Tensor) -> tuple[bytes, bytes, bytes]:
+    """8-bit quantisation w ~ row[i] * col[j] * q[i, j]: fp16 column scales (max |w| of each input column),
+    then fp16 row scales (max of the row / 127 once the columns are normalised) and int8 values. A scale per
+    column matters: trained features grow large while the weights that read them shrink, and one scale per row
+    alone (set by the view-direction weights) would round those small weights away."""
     w = w.detach().float().cpu()
-    scale = (w.abs().amax(dim=1) / 127).half().float()
-    q = torch.where(scale[:, None] > 0, w / scale.clamp(min=1e-30)[:, None], torch.zeros_like(w))
-    return _fp16(scale), q.round().clamp(-127, 127).to(torch.int8).numpy().tobytes()
+    col = w.abs().amax(dim=0).half().float()
+    wn = torch.where(col[None] > 0, w / col.clamp(min=1e-30)[None], torch.zeros_like(w))
+    row = (wn.abs().amax(dim=1) / 127).half().float()
+    q = torch.where(row[:, None] > 0, wn / row.clamp(min=1e-30)[:, None], torch.zeros_like(w))
+    return _fp16(row), _fp16(col), q.round().clamp(-127, 127).to(torch.int8).numpy().tobytes()
 
 
 def mlp_payload(decoder: Decoder, weights: str) -> bytes:
     w1, b1, w2, b2 = _mlp_tensors(decoder)
     if weights == "fp16":
         return b"".join(_fp16(t) for t in (w1, b1, w2, b2))
-    s1, q1 = _int8_rows(w1)
-    s2, q2 = _int8_rows(w2)
-    return b"".join([s1, s2, _fp16(b1), _fp16(b2), q1, q2])
+    r1, c1, q1 = _int8_two_sided(w1)
+    r2, c2, q2 = _int8_two_sided(w2)
+    return b"".join([r1, c1, r2, c2, _fp16(b1), _fp16(b2), q1, q2])
 
 
 def mlp_chunk(decoder: Decoder, weights: str) -> Chunk:
@@ -100,11 +106,13 @@ def load_mlp(decoder: Decoder, raw: bytes, weights: str) -> None:
             pos += n
             return raw[pos - n:pos]
 
-        s1, s2 = _from_fp16(take(2 * h), (h, 1)), _from_fp16(take(8), (4, 1))
+        r1, c1 = _from_fp16(take(2 * h), (h, 1)), _from_fp16(take(2 * n_in), (1, n_in))
+        r2, c2 = _from_fp16(take(8), (4, 1)), _from_fp16(take(2 * h), (1, h))
         b1.copy_(_from_fp16(take(2 * h), (h,)))
         b2.copy_(_from_fp16(take(8), (4,)))
-        w1.copy_(torch.from_numpy(np.frombuffer(take(h * n_in), np.int8).astype(np.float32).reshape(h, n_in)) * s1)
-        w2.copy_(torch.from_numpy(np.frombuffer(take(4 * h), np.int8).astype(np.float32).reshape(4, h)) * s2)
+        int8 = lambda n, shape: torch.from_numpy(np.frombuffer(take(n), np.int8).astype(np.float32).reshape(shape))  # noqa: E731
+        w1.copy_(int8(h * n_in, (h, n_in)) * r1 * c1)
+        w2.copy_(int8(4 * h, (4, h)) * r2 * c2)
 
 
 # ---- writing -------------------------------------------------------------------------------------------
