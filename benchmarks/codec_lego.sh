@@ -6,8 +6,11 @@
 # the viewer's frame time) and the CUDA tests of the inference path.
 #
 #   bash benchmarks/codec_lego.sh SCENE RESULTS_DIR [MINUTES_RAW MINUTES_VQ MINUTES_HASH]
+#
+# TRAIN_CONFIG (JSON) replaces the training config's overrides (default {"eval_every": 1000}); RENDER_SIZE
+# sets the inference benchmark's image size (default 800).
 set -euo pipefail
-scene=$1 results=$2
+scene=$(realpath "$1") results=$2
 m0=${3:-2} m6=${4:-2.5} mh=${5:-1}
 runs=${RUNS_DIR:-/tmp/tvq-runs}
 mkdir -p "$results" "$runs"
@@ -17,7 +20,7 @@ step() { "$@" >>"$results/log.txt" 2>&1 || log "FAILED ($?): $*"; }
 
 log "train: raw ${m0} min, 6-bit ${m6} min, hash 12-bit ${mh} min"
 step python3 -m benchmarks.train --runs "$scene:0:$m0" "$scene:6:$m6" "$scene:12:$mh:{\"hash\": true}" \
-  --runs-dir "$runs" --out "$results/train.json" --config '{"eval_every": 1000}'
+  --runs-dir "$runs" --out "$results/train.json" --config "${TRAIN_CONFIG:-{\"eval_every\": 1000\}}"
 name=$(basename "$scene")
 b0=$runs/$name-bits0 b6=$runs/$name-bits6 hash=$runs/$name-bits12-2
 

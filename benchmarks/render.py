@@ -41,6 +41,14 @@ def _camera(model, size: int):
     return K, cams["c2ws"][0].double()
 
 
+def _variants(device, half: bool) -> list[tuple[str, dict]]:
+    """The inference paths timed beside the default one (the fused kernel): the rounds, with the MLP in
+    float32 and (CUDA) in float16."""
+    if device.type != "cuda":
+        return [("rounds", {"fused": False})]
+    return [("rounds", {"fused": False}), ("rounds_half", {"fused": False, "half": True})]
+
+
 def bench_model(name: str, path: Path, size: int, iters: int, warmup: int, reference: bool, half: bool) -> dict:
     from tvq.export import open_model
     from tvq.infer import FastRenderer
@@ -51,7 +59,9 @@ def bench_model(name: str, path: Path, size: int, iters: int, warmup: int, refer
     model = open_model(path)
     K, c2w = _camera(model, size)
     renderer = FastRenderer(model.field, model.background, half=half)
+    row_path = "fused" if renderer.fused else "rounds"
     row = {"name": name, "file": str(path), "file_bytes": path.stat().st_size, "kind": model.field.grid.kind,
+           "fast_path": row_path,
            "bits": model.field.grid.bits, "levels": list(model.field.grid.levels), "size": size, "lods": []}
     for lod in range(model.lods):
         fast_out = renderer.render(K, c2w, size, size, lod)
@@ -60,6 +70,12 @@ def bench_model(name: str, path: Path, size: int, iters: int, warmup: int, refer
                  "fast": time_ms(lambda: renderer.render(K, c2w, size, size, lod), device, warmup, iters),
                  "fast_samples": fast_out["stats"]["samples"], "fast_rounds": fast_out["stats"]["rounds"],
                  "fast_samples_per_ray": fast_out["stats"]["samples"] / (size * size)}
+        for variant, kwargs in _variants(device, half):  # the other inference paths, for comparison
+            other = FastRenderer(model.field, model.background, **kwargs)
+            other_out = other.render(K, c2w, size, size, lod)
+            entry[variant] = dict(time_ms(lambda: other.render(K, c2w, size, size, lod), device, warmup, iters),
+                                  samples=other_out["stats"]["samples"], rounds=other_out["stats"]["rounds"],
+                                  psnr_vs_fast=psnr(other_out["color"], fast_out["color"]))
         if reference:
             options = RenderOptions(early_stop=True)
             ref = render_image(model.field, K, c2w, size, size, lod, model.background, options)
@@ -69,7 +85,8 @@ def bench_model(name: str, path: Path, size: int, iters: int, warmup: int, refer
             entry["speedup"] = entry["render_image"]["median_ms"] / entry["fast"]["median_ms"]
             entry["psnr_fast_vs_render_image"] = psnr(fast_out["color"], ref["color"])
             entry["max_abs_diff"] = float((fast_out["color"] - ref["color"]).abs().max())
-        print(f"{name} LOD {lod}: fast {entry['fast']['median_ms']:.1f} ms"
+        others = "".join(f", {v} {entry[v]['median_ms']:.1f} ms" for v, _ in _variants(device, half))
+        print(f"{name} LOD {lod}: fast ({row_path}) {entry['fast']['median_ms']:.1f} ms{others}"
               + (f", render_image {entry['render_image']['median_ms']:.1f} ms ({entry['speedup']:.1f}x), "
                  f"PSNR between them {entry['psnr_fast_vs_render_image']:.1f} dB" if reference else ""),
               file=sys.stderr, flush=True)
@@ -131,6 +148,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip render_image (slow on the CPU)")
     parser.add_argument("--half", action="store_true", help="the fast path's MLP in float16 (CUDA)")
     parser.add_argument("--no-viewer", action="store_true", help="skip the headless viewer timing")
+    parser.add_argument("--viewer-model", default=None, help="NAME of the model the viewer opens (default: the last)")
     parser.add_argument("--target-fps", type=float, default=30.0, help="dynamic resolution's target")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -156,7 +174,9 @@ def main(argv=None) -> int:
         write_json(args.out, results)
     if not args.no_viewer:
         try:
-            results["viewer"] = bench_viewer(models[0][1], args.size, args.iters, args.warmup, args.target_fps)
+            chosen = dict(models).get(args.viewer_model, models[-1][1]) if args.viewer_model else models[-1][1]
+            results["viewer"] = bench_viewer(chosen, args.size, args.iters, args.warmup, args.target_fps)
+            results["viewer"]["file"] = str(chosen)
         except TvqError as err:  # no Vulkan here: say so in the JSON
             results["viewer"] = {"skipped": str(err)}
         except Exception:

@@ -744,7 +744,8 @@ def test_a_zstd_frame_that_claims_a_huge_size_is_refused(trained):
 
 PREAMBLE_CRAFTS = {
     "bad magic": (dict(magic=b"\x89PNG\r\n\x1a\n"), "not a .tvq file"),
-    "format version 2": (dict(version=2), "format version 2 is not supported"),
+    "format version 1": (dict(version=1), "format version 1 is not supported"),
+    "format version 3": (dict(version=FORMAT_VERSION + 1), f"format version {FORMAT_VERSION + 1} is not supported"),
     "format version 0": (dict(version=0), "format version 0 is not supported"),
     "unknown flags": (dict(flags=0x8000), "unknown preamble flags"),
     "compressed-header flag over plain JSON": (dict(flags=container.HEADER_ZSTD), "header does not decompress"),

@@ -63,12 +63,54 @@ def _compare(model, scene, renderer=None, tol_db=0.1):
                 assert torch.allclose(fast[key], ref[key], atol=2e-3), (key, lod)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["rounds", "fused"])
 @pytest.mark.parametrize("source", ["tvq", "checkpoint"])
-def test_fast_path_matches_render_image_on_test_views(run, scene, source):
+def test_fast_path_matches_render_image_on_test_views(run, scene, source, fused):
     model = open_model(run / ("model.tvq" if source == "tvq" else "checkpoint.pt"))
     if source == "checkpoint" and model.field.grid.kind == "vq":
         assert model.field.grid.learned  # a training field: the renderer takes argmax of its logits once
-    _compare(model, scene)
+    _compare(model, scene, FastRenderer(model.field, model.background, fused=fused))
+
+
+def test_baked_table_interpolates_to_the_sum_over_levels(run):
+    """Trilinear interpolation of a LOD's baked table inside a cell of its level equals the field's feature
+    sum over the LOD's levels (``ops.gather``) at random points of random cells."""
+    from tvq.infer import baked_table
+    from tvq.octree import CORNERS, morton_decode
+
+    model = open_model(run / "model.tvq")
+    grid = model.field.grid
+    renderer = FastRenderer(model.field, model.background)
+    gen = torch.Generator().manual_seed(0)
+    for lod in range(grid.num_lods):
+        level = grid.levels[lod]
+        table = baked_table(grid, renderer.table, lod)
+        cells = grid.octree.cells[level]
+        pick = torch.randint(0, cells.numel(), (500,), generator=gen).to(cells.device)
+        frac = torch.rand(500, 3, generator=gen).mul(0.98).add(0.01).to(cells.device)
+        points = (morton_decode(cells[pick]).float() + frac) * (2.0 / (1 << level)) - 1
+        corners = CORNERS.to(cells.device)
+        weights = torch.where(corners[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(dim=2)
+        rows = grid.octree.cell_vertices[level][pick].long()
+        baked = (weights[:, :, None] * table[rows]).sum(dim=1)
+        with torch.no_grad():
+            summed = grid(points, lod)
+        torch.testing.assert_close(baked, summed, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_frame_equals_the_rounds(run, scene):
+    """One launch per frame composites exactly the samples the rounds composite, to the same image."""
+    model = open_model(run / "model.tvq")
+    view = scene.split("test")[1]
+    rounds = FastRenderer(model.field, model.background, fused=False)
+    fused = FastRenderer(model.field, model.background, fused=True)
+    for lod in range(model.lods):
+        a = rounds.render(view.K, view.c2w, view.width, view.height, lod)
+        b = fused.render(view.K, view.c2w, view.width, view.height, lod)
+        assert torch.equal(a["samples"], b["samples"]), lod
+        assert b["stats"]["rounds"] == 1 and b["stats"]["samples"] == int(b["samples"].sum())
+        for key in ("color", "opacity", "depth"):
+            torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=0)
 
 
 def test_a_prefix_of_the_file_renders_its_lods(run, scene):
@@ -165,9 +207,19 @@ def test_fast_path_matches_render_image_on_the_gpu(scene, tmp_path):
     for name in ("model.tvq", "checkpoint.pt"):
         model = open_model(out / name)
         assert model.background.is_cuda
+        assert FastRenderer(model.field, model.background).fused  # the default
         _compare(model, scene)
-        # float16 MLP: the image stays within the same 0.1 dB
+        _compare(model, scene, FastRenderer(model.field, model.background, fused=False))
+        # float16 MLP (the rounds): the image stays within the same 0.1 dB
         _compare(model, scene, FastRenderer(model.field, model.background, half=True))
     raw = open_model(train_tiny(scene, tmp_path / "raw", 0, False) / "model.tvq")
     _compare(raw, scene)
     _compare(raw, scene, FastRenderer(raw.field, raw.background, half=True))
+    test_baked_table_interpolates_to_the_sum_over_levels(tmp_path / "raw")
+    view = scene.split("test")[1]
+    rounds, fused = (FastRenderer(raw.field, raw.background, fused=f) for f in (False, True))
+    for lod in range(raw.lods):  # (a GPU may round a ray's last transmittance test the other way)
+        a = rounds.render(view.K, view.c2w, view.width, view.height, lod)
+        b = fused.render(view.K, view.c2w, view.width, view.height, lod)
+        assert float((a["samples"] != b["samples"]).float().mean()) < 1e-3
+        torch.testing.assert_close(b["color"], a["color"], atol=1e-3, rtol=0)

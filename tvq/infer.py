@@ -15,7 +15,10 @@ renders the same image (the same samples, features, MLP and compositing rule) wi
 - the MLP on all of a round's samples at once, its view-direction part computed once per ray (the first
   layer's 27 view columns become a per-ray bias), in half precision on CUDA when asked for;
 - buffers per resolution and per LOD made once and reused (ray directions, per-ray state, round
-  workspaces that only grow).
+  workspaces that only grow);
+- by default, no rounds at all: one thread renders a whole ray (``tvq.kernels.shade``: the same
+  walk, the MLP inside the kernel, features from a per-LOD table with the coarser levels baked in), so a
+  frame is one launch and decodes only the samples it composites.
 
 ``render`` also draws what the viewer needs besides colour: depth, opacity, samples per ray and the
 octree cells of the LOD (``MODES``). ``render_image`` has ``tvq.render.render_image``'s signature.
@@ -80,7 +83,9 @@ class FastRenderer:
     ``half`` runs the MLP in float16 (CUDA only; default off); ``batch_samples`` bounds the samples of one
     launch (memory), ``round_samples`` the samples per ray of the first round (later rounds double it up
     to ``max_round_samples``), ``mlp_chunk`` the rows of one MLP matmul (default: all on CUDA, 8192 on the
-    CPU).
+    CPU). ``fused`` (the default, unless ``half`` is asked for or a cell has more than 8 samples) renders a
+    frame in one launch of ``tvq.kernels.shade`` instead of in rounds: walk, baked features, MLP and
+    compositing of a ray in one thread, float32.
 
     The renderer reads the field's parameters when it is made: make a new one after changing them.
     """
@@ -88,7 +93,7 @@ class FastRenderer:
     def __init__(self, field: RadianceField, background=None, *, samples_per_cell: int = 4,
                  max_samples_per_ray: int = 1024, early_stop_eps: float = EARLY_STOP_EPS, half: bool = False,
                  batch_samples: int | None = None, round_samples: int = 16, max_round_samples: int = 128,
-                 mlp_chunk: int | None = None):
+                 mlp_chunk: int | None = None, fused: bool | None = None):
         runtime.ensure()
         if samples_per_cell < 1:
             raise TvqError(f"samples_per_cell must be at least 1, got {samples_per_cell}")
@@ -113,6 +118,13 @@ class FastRenderer:
         self.max_round_samples = max(self.round_samples, int(max_round_samples))
         self.levels = tuple(grid.levels)
         self.feature_dim = grid.feature_dim
+        from .kernels.shade import MAX_BATCH
+
+        fusable = samples_per_cell <= MAX_BATCH
+        if fused and not fusable:
+            raise TvqError(f"the fused renderer takes at most {MAX_BATCH} samples per cell, not {samples_per_cell}")
+        # (a float16 MLP is the rounds' option: asking for it picks them)
+        self.fused = (fusable and not self.half) if fused is None else bool(fused)
         with torch.no_grad():
             self.table = self._feature_table(grid)
             decoder = field.decoder
@@ -126,12 +138,17 @@ class FastRenderer:
             self.w2 = second.weight.t().contiguous().to(mlp_dtype)  # (H, 4)
             self.b2 = second.bias.detach().to(mlp_dtype).contiguous()
             self.hidden = first.out_features
+            # the fused kernel's fp32 copies: W1's feature columns (H, F), W2 (4, H), b2
+            self.w1_rows = first.weight[:, :F].detach().float().contiguous()
+            self.w2_rows = second.weight.detach().float().contiguous()
+            self.b2_f32 = second.bias.detach().float().contiguous()
         from .ops import _tree
 
         self.tree = _tree(grid.flat)
         self.codes = [self.octree.cells[level].to(self.device).contiguous() for level in self.levels]
         self.frames: OrderedDict[tuple, _Frame] = OrderedDict()
         self.work = _Workspace(self.device)
+        self._baked: dict[int, torch.Tensor] = {}  # per LOD, made on its first fused frame
         self._turbo = None
 
     @property
@@ -254,7 +271,47 @@ class FastRenderer:
         frame.fstate[:, F_TRANS] = 1.0
         frame.fstate[:, F_FIRST] = -1.0
 
+    def baked(self, lod: int) -> torch.Tensor:
+        """The LOD's baked feature table (``baked_table``), made once."""
+        if lod not in self._baked:
+            self._baked[lod] = baked_table(self.field.grid, self.table, lod)
+        return self._baked[lod]
+
     def _march_and_shade(self, frame: _Frame, origins, dirs, lod: int, bg) -> dict:
+        if self.fused:
+            return self._shade_fused(origins, dirs, lod, bg)
+        return self._shade_in_rounds(frame, origins, dirs, lod, bg)
+
+    def _shade_fused(self, origins, dirs, lod: int, bg) -> dict:
+        """The whole frame in one launch of ``tvq.kernels.shade`` (plus the per-ray view part of the MLP)."""
+        from .kernels.shade import kernel
+
+        R = origins.shape[0]
+        level = self.levels[lod]
+        work = self.work
+        view = encode_direction(dirs, self.num_freqs)
+        view_bias = work.get("view_bias", self.hidden * R, torch.float32)[:self.hidden * R].view(self.hidden, R)
+        torch.addmm(self.b1[:, None], self.w1_view.t(), view.t(), out=view_bias)  # (H, R)
+        colour = work.get("colour", R, torch.float32, 3)[:R]
+        trans = work.get("trans", R, torch.float32)[:R]
+        depth = work.get("depth", R, torch.float32)[:R]
+        samples = work.get("samples", R, torch.int32)[:R]
+        codes = self.codes[lod]
+        cell_vertices = self.cell_vertices(lod)
+        kernel(self.feature_dim, self.samples_per_cell)(
+            origins, dirs, codes, cell_vertices, level, self.max_samples_per_ray, self.baked(lod), self.w1_rows,
+            view_bias, self.w2_rows, self.b2_f32, self.eps, colour, trans, depth, samples)
+        return {"color": colour + trans[:, None] * bg, "opacity": 1 - trans, "depth": depth / self.octree.scale,
+                "samples": samples.clone(), "stats": {"rays": R, "samples": int(samples.sum()), "rounds": 1}}
+
+    def cell_vertices(self, lod: int) -> torch.Tensor:
+        level = self.levels[lod]
+        key = ("cell_vertices", lod)
+        if key not in self._baked:
+            self._baked[key] = self.octree.cell_vertices[level].to(self.device, torch.int32).contiguous()
+        return self._baked[key]
+
+    def _shade_in_rounds(self, frame: _Frame, origins, dirs, lod: int, bg) -> dict:
         from .kernels.inference import (F_COLOUR, F_DEPTH, F_TRANS, I_COMPOSITED, kernels)
 
         march, gather, composite = kernels(self.feature_dim)
@@ -403,6 +460,47 @@ class FastRenderer:
         colour = torch.where(edge[:, None], colour * 0.35, colour)
         image = torch.where(hit[:, None], colour, bg.expand(R, 3))
         return image, torch.where(hit, codes, torch.full_like(codes, -1))
+
+
+@torch.no_grad()
+def baked_table(grid, table: torch.Tensor, lod: int, chunk: int = 1 << 18) -> torch.Tensor:
+    """(V, F) features at the vertices of the LOD's finest level with the coarser levels folded in: row v
+    holds z_L(v) + sum over the coarser feature levels k of their trilinear interpolation at v's position,
+    evaluated in an occupied level-k ancestor of a cell that has v as a corner (``tvq.kernels.shade`` says
+    why trilinear interpolation of these rows equals the per-level sum). ``table`` is the (all-levels,
+    F) feature table of the grid's vertex rows."""
+    from .octree import CORNERS, morton_decode
+
+    octree, levels = grid.octree, grid.levels
+    start = grid.flat.vertex_start.tolist()
+    own = table[start[lod]:start[lod + 1]]
+    if lod == 0:
+        return own.contiguous()
+    top = levels[lod]
+    cells = octree.cells[top]
+    cell_vertices = octree.cell_vertices[top].long()
+    device = table.device
+    corners = CORNERS.to(device)
+    V, slots = own.shape[0], cell_vertices.numel()
+    # each vertex's first (cell, corner) slot: a deterministic owner cell to take its ancestors from
+    owner = torch.full((V,), slots, dtype=torch.int64, device=device).scatter_reduce_(
+        0, cell_vertices.reshape(-1), torch.arange(slots, device=device), "amin")
+    baked = own.clone()
+    for begin in range(0, V, chunk):
+        slot = owner[begin:begin + chunk]
+        codes = cells[slot // 8]
+        position = morton_decode(codes) + corners[slot % 8]  # vertex coordinates in level-top cells
+        acc = torch.zeros_like(baked[begin:begin + chunk])
+        for k in range(lod):
+            shift = top - levels[k]
+            ancestors = codes >> (3 * shift)
+            row = torch.searchsorted(octree.cells[levels[k]], ancestors)
+            frac = (position - (morton_decode(ancestors) << shift)).to(table.dtype) / float(1 << shift)
+            weights = torch.where(corners[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(dim=2)
+            rows = octree.cell_vertices[levels[k]][row].long() + start[k]
+            acc += (weights[:, :, None] * table[rows]).sum(dim=1)
+        baked[begin:begin + chunk] += acc
+    return baked.contiguous()
 
 
 def render_image(field: RadianceField, K, c2w, width: int, height: int, lod: int, background: torch.Tensor,

@@ -561,22 +561,28 @@ class ViewerState:
     def render(self, width: int | None = None, height: int | None = None, c2w=None, mode: str | None = None,
                scale: bool = True) -> np.ndarray:
         """The image on screen, (H, W, 3) float32 in [0, 1] at the render scale (``scale=False``: full size)."""
+        return self.render_tensor(width, height, c2w, mode, scale).cpu().numpy()
+
+    def render_tensor(self, width: int | None = None, height: int | None = None, c2w=None, mode: str | None = None,
+                      scale: bool = True) -> torch.Tensor:
+        """``render`` as a float32 tensor (on the renderer's device once a LOD is in: what the window draws)."""
         width, height = width or self.width, height or self.height
         w, h = self.render_size(width, height) if scale else (width, height)
         mode = mode or self.mode
         lod = self.shown_lod
         if lod is None:  # nothing has arrived yet
-            return np.broadcast_to(np.asarray(self.background, np.float32), (h, w, 3)).copy()
+            return torch.tensor(self.background, dtype=torch.float32).expand(h, w, 3).contiguous()
         if self.show_ground_truth and self.view_index is not None and self.views[self.view_index].image is not None:
-            return self._ground_truth(w, h)
+            return torch.from_numpy(self._ground_truth(w, h))
         K = self.intrinsics(w, h)
         pose = self.controller.c2w() if c2w is None else c2w
         start = time.perf_counter()
         out = self.renderer().render(K, pose, w, h, lod, mode=mode, background=self.background)
-        image = out["image"].float().cpu().numpy()
-        self.last_stats = dict(out["stats"], ms=(time.perf_counter() - start) * 1e3, width=w, height=h, lod=lod)
+        image = out["image"].float()
+        stats = dict(out["stats"], width=w, height=h, lod=lod)
         if "samples" in out:
-            self.last_stats["samples_per_ray"] = float(out["samples"].float().mean())
+            stats["samples_per_ray"] = float(out["samples"].float().mean())  # (waits for the frame)
+        self.last_stats = dict(stats, ms=(time.perf_counter() - start) * 1e3)
         return image
 
     def _ground_truth(self, w: int, h: int) -> np.ndarray:

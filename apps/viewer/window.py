@@ -1,7 +1,7 @@
 """The GGUI layer of the viewer: it draws ``ViewerState`` and forwards input to it, nothing more.
 
-A ``ti.ui.Window`` shows the rendered image on its canvas (``set_image`` takes a float32 (W, H, 3) array
-with y up: the (H, W, 3) render is transposed and flipped) and a panel of controls; keys and mouse drags
+A ``ti.ui.Window`` shows the rendered image on its canvas (``set_image`` of a (W, H) field with y up, filled
+from the (H, W, 3) render on the device: ``canvas.py``) and a panel of controls; keys and mouse drags
 go to the state's camera controller. Headless (``show_window=False``) the same frame is read back with
 ``get_image_buffer_as_numpy()``: that is how ``screenshot`` renders, and how the tests and the benchmark
 time the viewer. GGUI needs Vulkan; without it (or without a display, for a window) opening fails with
@@ -29,6 +29,7 @@ import numpy as np
 from tvq.errors import TvqError
 from tvq.infer import MODES
 
+from .canvas import CanvasImage
 from .state import LMB, MMB, RMB, ViewerState, parse_size, to_uint8
 
 PANEL = (0.0, 0.0, 0.34, 0.78)  # x, y, width, height as window fractions (top left)
@@ -64,11 +65,6 @@ def close_window(window) -> None:
     window.destroy()
 
 
-def to_canvas(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) image, row 0 at the top -> the canvas layout (W, H, 3) float32, y up."""
-    return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(1, 0, 2)[:, ::-1])
-
-
 def from_buffer(buffer: np.ndarray) -> np.ndarray:
     """``get_image_buffer_as_numpy()`` (W, H, 4), y up -> (H, W, 3) float32, row 0 at the top."""
     return np.ascontiguousarray(buffer[:, ::-1, :3].transpose(1, 0, 2), dtype=np.float32)
@@ -94,6 +90,7 @@ class ViewerWindow:
         self._ini_existed = self._ini.exists()
         self.window = open_window(title, (state.width, state.height), headless)
         self.canvas = self.window.get_canvas()
+        self.canvas_image = CanvasImage((state.width, state.height))
         self.gui = self.window.get_gui() if panel else None
         self.last_time = None
         self.status = ""
@@ -124,8 +121,7 @@ class ViewerWindow:
         if not self.headless:
             self._input(dt)
         state.advance(dt)
-        image = state.render()
-        self.canvas.set_image(to_canvas(image))
+        self.canvas.set_image(self.canvas_image.upload(state.render_tensor()))
         if self.gui is not None:
             self._panel()
         if self.headless:

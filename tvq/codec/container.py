@@ -30,7 +30,7 @@ from ..errors import TvqError
 from . import entropy
 
 MAGIC = b"\x89TVQ\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: int8 decoder weights carry a scale per input column too
 PREAMBLE = struct.Struct("<8sHHI")
 CHUNK_HEAD = struct.Struct("<4sBBHII")
 CRC = struct.Struct("<I")

@@ -6,9 +6,9 @@ sample of every ray before the MLP sees any, then composites with early terminat
 most of those samples lie behind the first opaque surface and never count. Here a frame is rendered in
 rounds over the rays still alive, with a per-ray state kept between rounds:
 
-1. ``march``: one thread per alive ray continues the walk of ``tvq.kernels.raymarch`` (the same DDA over
-   the occupied cells of one level, the same empty-block skipping, the same sample positions
-   t_k = t0 + (k + 1/2) (t1 - t0) / n in every occupied cell [t0, t1]) and emits at most ``k`` samples
+1. ``march``: one thread per alive ray continues the walk of ``tvq.kernels.walk`` (the DDA of
+   ``tvq.kernels.raymarch`` over the occupied cells of one level, the same empty-block skipping, the same
+   sample positions t_k = t0 + (k + 1/2) (t1 - t0) / n in every occupied cell [t0, t1]) and emits at most ``k`` samples
    into its row of (A, k) buffers. The walk's state (cell coordinates, the cell's entry distance, the
    loop counter, the next sample inside the cell, the samples emitted so far) is stored when the round's
    budget is spent, so the next round emits exactly the samples the one-shot marcher emits next; the
@@ -37,9 +37,9 @@ import taichi as ti
 
 from .gather import CELL_HI, CELL_LO, META, N_CELLS, N_LEVELS, RES, corner_vertex, corner_weight, level_info
 from .launch import lean
-from .morton import find_code, lower_bound, morton3
+from .morton import find_code, morton3
+from .walk import block_exit, clip, entry_cell, locate, next_cell
 
-_BIG = 3.0e38
 # istate columns
 I_CELL, I_IT, I_KCELL, I_EMITTED, I_STATUS, I_COMPOSITED = 0, 3, 4, 5, 6, 7
 NEW, MARCHING, DONE = 0, 1, 2
@@ -63,21 +63,6 @@ def kernels(F: int):
     i64_1 = ti.types.ndarray(dtype=ti.i64, ndim=1)
     table_t = ti.types.ndarray(dtype=vecF, ndim=1)
 
-    @ti.func
-    def clip(o: vec3, d: vec3):
-        """[t_in, t_out] of the ray inside the cube [-1, 1]^3 and [0, inf) (as the one-shot marcher)."""
-        t_in = real(0.0)
-        t_out = real(1e10)
-        for a in ti.static(range(3)):
-            if d[a] != 0:
-                ta = (real(-1.0) - o[a]) / d[a]
-                tb = (real(1.0) - o[a]) / d[a]
-                t_in = ti.max(t_in, ti.min(ta, tb))
-                t_out = ti.min(t_out, ti.max(ta, tb))
-            elif o[a] < -1 or o[a] > 1:
-                t_out = -real(_BIG)
-        return t_in, t_out
-
     @ti.kernel
     def march(origins: rays_t, dirs: rays_t, codes: i64_1, level: ti.i32, n: ti.i32, max_per_ray: ti.i32,
               alive: i1, k_round: ti.i32, istate: i2, fstate: f2, t_buf: f1, dt_buf: f1, counts: i1):
@@ -89,10 +74,7 @@ def kernels(F: int):
             r = alive[a]
             o = vec3(origins[r, 0], origins[r, 1], origins[r, 2])
             d = vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
-            t_in, t_out = clip(o, d)
-            step = ivec3(0)
-            for ax in ti.static(range(3)):
-                step[ax] = 1 if d[ax] > 0 else -1
+            t_in, t_out = clip(o, d, 0.0, 1e10, real)
             status = istate[r, I_STATUS]
             ijk = ivec3(istate[r, I_CELL], istate[r, I_CELL + 1], istate[r, I_CELL + 2])
             it = istate[r, I_IT]
@@ -103,9 +85,7 @@ def kernels(F: int):
                 status = DONE
                 if t_in < t_out:
                     status = MARCHING
-                    p = o + t_in * d
-                    for ax in ti.static(range(3)):
-                        ijk[ax] = ti.min(ti.max(ti.cast(ti.floor((p[ax] + 1) / h), ti.i32), 0), res - 1)
+                    ijk = entry_cell(o, d, t_in, h, res)
                     t = t_in
                     it = 0
                     kcell = 0
@@ -119,36 +99,8 @@ def kernels(F: int):
                 if count >= budget:  # round spent at a cell boundary: resume at the top of this cell
                     break
                 it += 1
-                code = morton3(ti.i64(ijk[0]), ti.i64(ijk[1]), ti.i64(ijk[2]))
-                lo = lower_bound(codes, ti.i64(0), num_codes, code)
-                occupied = False
-                if lo < num_codes:
-                    occupied = codes[lo] == code
-                s = 0
-                if not occupied:
-                    prev = ti.i64(-1)
-                    if lo > 0:
-                        prev = codes[lo - 1]
-                    nxt = ti.i64(9223372036854775807)
-                    if lo < num_codes:
-                        nxt = codes[lo]
-                    while s < level:
-                        shift = 3 * (s + 1)
-                        first = (code >> shift) << shift
-                        last = first + (ti.i64(1) << shift) - 1
-                        if first > prev and last < nxt:
-                            s += 1
-                        else:
-                            break
-                t_next = real(_BIG)
-                axis = -1
-                for ax in ti.static(range(3)):
-                    if d[ax] != 0:
-                        bound = (ijk[ax] >> s) + (1 if step[ax] > 0 else 0)
-                        ta = (real(-1.0) + real(bound << s) * h - o[ax]) / d[ax]
-                        if ta < t_next:
-                            t_next = ta
-                            axis = ax
+                _, occupied, s = locate(codes, num_codes, ijk, level, True)
+                t_next, axis = block_exit(o, d, ijk, s, h, real)
                 t1 = ti.min(t_next, t_out)
                 paused = False
                 if occupied and t1 > t:
@@ -171,25 +123,7 @@ def kernels(F: int):
                 if axis < 0 or t_next >= t_out:
                     status = DONE
                     break
-                done = False
-                new = ijk
-                for ax in ti.static(range(3)):
-                    if ax == axis:
-                        if step[ax] > 0:
-                            new[ax] = ((ijk[ax] >> s) + 1) << s
-                        else:
-                            new[ax] = ((ijk[ax] >> s) << s) - 1
-                        if new[ax] < 0 or new[ax] >= res:
-                            done = True
-                    elif d[ax] != 0 and s > 0:
-                        first = (ijk[ax] >> s) << s
-                        q = ti.cast(ti.floor((o[ax] + t_next * d[ax] + 1) / h), ti.i32)
-                        q = ti.min(ti.max(q, first), first + (1 << s) - 1)
-                        if step[ax] > 0:
-                            q = ti.max(q, ijk[ax])
-                        else:
-                            q = ti.min(q, ijk[ax])
-                        new[ax] = q
+                new, done = next_cell(o, d, ijk, s, axis, t_next, h, res)
                 if done:
                     status = DONE
                     break

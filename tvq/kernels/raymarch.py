@@ -32,9 +32,8 @@ import functools
 import taichi as ti
 
 from .launch import lean
-from .morton import lower_bound, morton3
+from .walk import block_exit, clip, entry_cell, locate, next_cell
 
-_BIG = 3.0e38  # "no boundary along this axis" (the direction component is zero)
 
 
 @ti.func
@@ -69,7 +68,6 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
     """
     real = {"f32": ti.f32, "f64": ti.f64}[dtype]
     vec3 = ti.types.vector(3, real)
-    ivec3 = ti.types.vector(3, ti.i32)
     rays_t = ti.types.ndarray(dtype=real, ndim=2)
     samples_t = ti.types.ndarray(dtype=real, ndim=1)
     codes_t = ti.types.ndarray(dtype=ti.i64, ndim=1)
@@ -84,64 +82,16 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
         h = real(2.0) / real(res)
         num_codes = ti.cast(codes.shape[0], ti.i64)
 
-        # clip to the cube [-1, 1]^3 and to [near, far]
-        t_in = near
-        t_out = far
-        for a in ti.static(range(3)):
-            if d[a] != 0:
-                ta = (real(-1.0) - o[a]) / d[a]
-                tb = (real(1.0) - o[a]) / d[a]
-                t_in = ti.max(t_in, ti.min(ta, tb))
-                t_out = ti.min(t_out, ti.max(ta, tb))
-            elif o[a] < -1 or o[a] > 1:  # parallel to this slab and outside it
-                t_out = -real(_BIG)
-
+        t_in, t_out = clip(o, d, near, far, real)
         count = ti.i64(0)
         if t_in < t_out:
-            step = ivec3(0)
-            ijk = ivec3(0)
-            p = o + t_in * d
-            for a in ti.static(range(3)):
-                step[a] = 1 if d[a] > 0 else -1
-                ijk[a] = ti.min(ti.max(ti.cast(ti.floor((p[a] + 1) / h), ti.i32), 0), res - 1)
+            ijk = entry_cell(o, d, t_in, h, res)
             t = t_in
             it = 0
             while t < t_out and count < budget and it < 3 * res + 3:
                 it += 1
-                code = morton3(ti.i64(ijk[0]), ti.i64(ijk[1]), ti.i64(ijk[2]))
-                lo = lower_bound(codes, ti.i64(0), num_codes, code)
-                occupied = False
-                if lo < num_codes:  # (Taichi's `and` does not short-circuit)
-                    occupied = codes[lo] == code
-                s = 0  # the current block is 2^s cells per axis
-                if ti.static(skip_empty):
-                    if not occupied:
-                        prev = ti.i64(-1)
-                        if lo > 0:
-                            prev = codes[lo - 1]
-                        nxt = ti.i64(9223372036854775807)
-                        if lo < num_codes:
-                            nxt = codes[lo]
-                        # grow the empty block while its whole Morton range lies strictly between prev and nxt
-                        while s < level:
-                            shift = 3 * (s + 1)
-                            first = (code >> shift) << shift
-                            last = first + (ti.i64(1) << shift) - 1
-                            if first > prev and last < nxt:
-                                s += 1
-                            else:
-                                break
-
-                # exit of the block along each axis; the smallest one is where the ray leaves it
-                t_next = real(_BIG)
-                axis = -1
-                for a in ti.static(range(3)):
-                    if d[a] != 0:
-                        bound = (ijk[a] >> s) + (1 if step[a] > 0 else 0)
-                        ta = (real(-1.0) + real(bound << s) * h - o[a]) / d[a]
-                        if ta < t_next:
-                            t_next = ta
-                            axis = a
+                _, occupied, s = locate(codes, num_codes, ijk, level, skip_empty)
+                t_next, axis = block_exit(o, d, ijk, s, h, real)
                 t1 = ti.min(t_next, t_out)
 
                 if occupied and t1 > t:
@@ -160,27 +110,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
 
                 if axis < 0 or t_next >= t_out:
                     break
-                # step into the next cell: across the exit face along `axis`, and along the other axes to
-                # the cell the exit point lies in, kept inside the block and never moving backwards
-                done = False
-                new = ijk
-                for a in ti.static(range(3)):
-                    if a == axis:
-                        if step[a] > 0:
-                            new[a] = ((ijk[a] >> s) + 1) << s
-                        else:
-                            new[a] = ((ijk[a] >> s) << s) - 1
-                        if new[a] < 0 or new[a] >= res:
-                            done = True
-                    elif d[a] != 0 and s > 0:
-                        first = (ijk[a] >> s) << s
-                        q = ti.cast(ti.floor((o[a] + t_next * d[a] + 1) / h), ti.i32)
-                        q = ti.min(ti.max(q, first), first + (1 << s) - 1)
-                        if step[a] > 0:
-                            q = ti.max(q, ijk[a])
-                        else:
-                            q = ti.min(q, ijk[a])
-                        new[a] = q
+                new, done = next_cell(o, d, ijk, s, axis, t_next, h, res)
                 if done:
                     break
                 ijk = new
