@@ -60,10 +60,10 @@ def codec_sizes(report: dict) -> dict:
 
 
 def raw_layout_bytes(header: dict) -> int:
-    """Bytes of an uncompressed (bits 0) file of this model's octree in the raw layout."""
+    """Bytes of an uncompressed (bits 0) file of this model's octree in the raw layout (fp16 decoder)."""
     m = header["model"]
     chunks = 1 + (m["levels"][-1]) + len(m["levels"])  # mlp, structure per level, features per level
-    payload = mlp_bytes(m) + sum(m["counts"]["cells"][:-1]) + sum(m["counts"]["vertices"]) * m["feature_dim"] * 2
+    payload = mlp_bytes(dict(m, decoder=dict(m["decoder"], weights="fp16"))) + sum(m["counts"]["cells"][:-1]) + sum(m["counts"]["vertices"]) * m["feature_dim"] * 2
     return header["chunks"][0]["offset"] + chunks * CHUNK_HEAD.size + payload
 
 

@@ -53,7 +53,8 @@ def test_a_prefix_renders_its_lods_like_the_whole_file(run, scene):
         view = scene.split("test")[0]
         a = evaluate(prefix.field, [view], prefix.background, lods=[lod])[0]["psnr"]
         b = evaluate(whole.field, [view], whole.background, lods=[lod])[0]["psnr"]
-        assert a == pytest.approx(b, abs=1e-9)
+        # the first LOD's prefix decodes with 8-bit decoder weights, the whole file with their refinement
+        assert a == pytest.approx(b, abs=0.02 if lod == 0 else 1e-9)
 
 
 def test_lra_of_full_rank_is_the_features_and_klt_is_orthonormal():

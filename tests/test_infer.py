@@ -120,7 +120,11 @@ def test_a_prefix_of_the_file_renders_its_lods(run, scene):
     view = scene.split("test")[0]
     a = FastRenderer(first.field, first.background).render(view.K, view.c2w, view.width, view.height, 0)["color"]
     b = FastRenderer(whole.field, whole.background).render(view.K, view.c2w, view.width, view.height, 0)["color"]
-    torch.testing.assert_close(a, b)
+    # the prefix decodes with 8-bit decoder weights, the whole file with their refinement
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+    second = open_model(run / "model.tvq", max_bytes=whole.header["lods"][1]["end"])
+    c = FastRenderer(second.field, second.background).render(view.K, view.c2w, view.width, view.height, 0)["color"]
+    torch.testing.assert_close(c, b)
 
 
 def test_resumed_marching_emits_the_one_shot_marchers_samples(run):

@@ -133,13 +133,17 @@ def test_evaluate_files_writes_csv_json_and_plot(models, tmp_path, no_hub_cache)
     assert (tmp_path / "out" / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_prefix_psnr_matches_evaluate_of_the_whole_file(models, tmp_path, no_hub_cache):
+def test_prefix_psnr_matches_evaluate_of_the_prefix(models, tmp_path, no_hub_cache):
+    """Each row is what its prefix of the file renders (the first LOD's prefix holds 8-bit decoder weights,
+    the whole file their refinement too)."""
     root, files = models
     rows = evaluate_files(files[:1], root / "scene", tmp_path, arch="cpu", log=lambda _: None)["rows"]
-    model = open_model(files[0])
-    expected = evaluate(model.field, load_scene(root / "scene").split("test"), model.background)
-    assert len(rows) == len(expected) == 2
-    for row, want in zip(rows, expected):  # the full file at its last LOD, and a prefix at LOD 0
+    views = load_scene(root / "scene").split("test")
+    assert len(rows) == 2
+    for row in rows:  # the full file at its last LOD, and a prefix at LOD 0
+        prefix = open_model(files[0], max_bytes=row["bytes"])
+        assert prefix.lods == row["lod"] + 1
+        want = evaluate(prefix.field, views, prefix.background, lods=[row["lod"]])[0]
         assert abs(row["psnr"] - want["psnr"]) <= 1e-6
         assert abs(row["ssim"] - want["ssim"]) <= 1e-6
     assert abs(rows[0]["psnr"] - rows[1]["psnr"]) > 1e-3  # the LODs really differ

@@ -48,8 +48,9 @@ def encode(field, *, background, cameras: dict | None = None, kind: str | None =
     """The .tvq bytes of ``field`` and the chunk index (with every codec's size per chunk).
 
     ``kind`` and ``chunks`` let a post-hoc method (kmeans, lra) store a raw field its own way (their mlp
-    chunk is replaced by one of precision ``mlp``: int8 weights with fp16 scales per row and per column, or fp16)."""
-    from .model import MLP_WEIGHTS, mlp_chunk
+    chunk is replaced by one of precision ``mlp``: int8 weights with fp16 scales per row and per column and
+    their refinement after the first LOD, or fp16)."""
+    from .model import MLP_WEIGHTS, decoder_chunks
 
     if mlp not in MLP_WEIGHTS:
         raise TvqError(f"--mlp must be one of {', '.join(MLP_WEIGHTS)}, got {mlp!r}")
@@ -64,7 +65,7 @@ def encode(field, *, background, cameras: dict | None = None, kind: str | None =
         "info": extra or {},
     }
     chunks = field_chunks(field, kind) if chunks is None else chunks
-    chunks = [mlp_chunk(field.decoder, mlp) if c.kind == "mlp" else c for c in chunks]
+    chunks = decoder_chunks(chunks, field.decoder, mlp, field.grid.levels)
     return encode_file(header, chunks, entropy_coding=entropy)
 
 

@@ -41,7 +41,8 @@ HEADER_ZSTD = 1  # preamble flag: the header's JSON is one zstd frame (the heade
 
 # Chunk kinds: the 4-byte tag in the file and the name in the header.
 KINDS = {
-    b"MLP ": "mlp",  # decoder weights, fp16
+    b"MLP ": "mlp",  # decoder weights: int8 with fp16 scales, or fp16
+    b"MLPR": "mlp-refine",  # int8 decoder weights' rounding residuals (8 more bits), after the first LOD
     b"OCT ": "structure",  # child masks of the level above, one byte per occupied parent cell
     b"FEAT": "features",  # raw vertex features, fp16 (vertices x feature_dim)
     b"CODE": "codebook",  # per-level codebook, fp16 (2^bits x feature_dim)

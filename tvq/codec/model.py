@@ -2,11 +2,16 @@
 
 Chunk order, coarsest first, so that every LOD is a prefix of the file:
 
-    mlp                                   the decoder, fp16
+    mlp                                   the decoder: int8 weights with fp16 scales (or all fp16)
     structure 1 .. L0                     child masks of levels 0 .. L0-1 (L0: the first feature level)
     level L0:  its features               raw: features | vq: codebook, indices | hash: codebook, hash
                                           | lra: klt-basis, klt-coeffs
+    mlp-refine (level L0+1)               int8 weights only: the rounding residual of every weight, 8 more bits
     structure L0+1, level L0+1 features, ... up to the finest level
+
+The first LOD renders with 8-bit decoder weights (at its quality they cost nothing measurable and save
+6 kB of the first LOD's bytes); every finer LOD needs the refinement too, so it renders with ~16-bit
+weights: long-trained features are large, and 8-bit weights alone cost the finest LOD tenths of a dB.
 
 The vertex order of a level is a pure function of its occupied cells (sorted Morton codes of their
 corners), so only masks and per-vertex payloads are stored; the header's counts (cells per level,
@@ -32,7 +37,7 @@ INDEX_CODECS = (entropy.ZSTD, entropy.ANS)
 HASH_FUNCTION = 1  # tvq.field.spatial_hash
 LEVEL_KINDS = {"raw": ("features",), "vq": ("codebook", "indices"), "hash": ("codebook", "hash"),
                "lra": ("klt-basis", "klt-coeffs")}
-COMPONENT = {"mlp": "mlp", "structure": "structure", "features": "features", "codebook": "codebooks",
+COMPONENT = {"mlp": "mlp", "mlp-refine": "mlp", "structure": "structure", "features": "features", "codebook": "codebooks",
              "indices": "indices", "hash": "indices", "klt-basis": "codebooks", "klt-coeffs": "features"}
 
 
@@ -63,40 +68,68 @@ def mlp_bytes(model: dict) -> int:
     return 2 * (hidden * inputs + hidden + 4 * hidden + 4)
 
 
-def _int8_two_sided(w: torch.Tensor) -> tuple[bytes, bytes, bytes]:
-    """8-bit quantisation w ~ row[i] * col[j] * q[i, j]: fp16 column scales (max |w| of each input column),
-    then fp16 row scales (max of the row / 127 once the columns are normalised) and int8 values. A scale per
-    column matters: trained features grow large while the weights that read them shrink, and one scale per row
+def _int8_two_sided(w: torch.Tensor) -> tuple[bytes, bytes, bytes, bytes]:
+    """8-bit quantisation w ~ row[i] * col[j] * (q[i, j] + e[i, j] / 254): fp16 column scales (max |w| of each
+    input column), then fp16 row scales (max of the row / 127 once the columns are normalised), int8 values
+    q and int8 refinements e of the rounding residual (|w / (row col) - q| <= 1/2). A scale per column
+    matters: trained features grow large while the weights that read them shrink, and one scale per row
     alone (set by the view-direction weights) would round those small weights away."""
     w = w.detach().float().cpu()
     col = w.abs().amax(dim=0).half().float()
     wn = torch.where(col[None] > 0, w / col.clamp(min=1e-30)[None], torch.zeros_like(w))
     row = (wn.abs().amax(dim=1) / 127).half().float()
-    q = torch.where(row[:, None] > 0, wn / row.clamp(min=1e-30)[:, None], torch.zeros_like(w))
-    return _fp16(row), _fp16(col), q.round().clamp(-127, 127).to(torch.int8).numpy().tobytes()
+    x = torch.where(row[:, None] > 0, wn / row.clamp(min=1e-30)[:, None], torch.zeros_like(w))
+    q = x.round().clamp(-127, 127)
+    e = ((x - q) * REFINE).round().clamp(-127, 127)
+    as_bytes = lambda t: t.to(torch.int8).numpy().tobytes()  # noqa: E731
+    return _fp16(row), _fp16(col), as_bytes(q), as_bytes(e)
+
+
+REFINE = 254  # refinement steps per int8 step
 
 
 def mlp_payload(decoder: Decoder, weights: str) -> bytes:
     w1, b1, w2, b2 = _mlp_tensors(decoder)
     if weights == "fp16":
         return b"".join(_fp16(t) for t in (w1, b1, w2, b2))
-    r1, c1, q1 = _int8_two_sided(w1)
-    r2, c2, q2 = _int8_two_sided(w2)
+    r1, c1, q1, _ = _int8_two_sided(w1)
+    r2, c2, q2, _ = _int8_two_sided(w2)
     return b"".join([r1, c1, r2, c2, _fp16(b1), _fp16(b2), q1, q2])
 
 
-def mlp_chunk(decoder: Decoder, weights: str) -> Chunk:
-    return Chunk("mlp", None, mlp_payload(decoder, weights), FP16_CODECS if weights == "fp16" else BYTE_CODECS)
+def mlp_refine_payload(decoder: Decoder) -> bytes:
+    w1, _, w2, _ = _mlp_tensors(decoder)
+    return _int8_two_sided(w1)[3] + _int8_two_sided(w2)[3]
 
 
-def load_mlp(decoder: Decoder, raw: bytes, weights: str) -> None:
+def refine_bytes(model: dict) -> int:
+    d = model["decoder"]
+    return (d["hidden"] * d["inputs"] + 4 * d["hidden"]) if d.get("weights", "fp16") == "int8" else 0
+
+
+def decoder_chunks(chunks: list[Chunk], decoder: Decoder, weights: str, levels) -> list[Chunk]:
+    """``chunks`` with the decoder stored as ``weights``: the mlp chunk first and, for int8, the refinement
+    after the first LOD's chunks (at the second feature level, or the first when there is one)."""
+    body = [c for c in chunks if c.kind not in ("mlp", "mlp-refine")]
+    out = [Chunk("mlp", None, mlp_payload(decoder, weights), FP16_CODECS if weights == "fp16" else BYTE_CODECS)]
+    if weights != "int8":
+        return out + body
+    first = levels[0]
+    at = next((i for i, c in enumerate(body) if c.level is not None and c.level > first), len(body))
+    refine = Chunk("mlp-refine", levels[min(1, len(levels) - 1)], mlp_refine_payload(decoder), BYTE_CODECS)
+    return out + body[:at] + [refine] + body[at:]
+
+
+def load_mlp(decoder: Decoder, raw: bytes, weights: str) -> list[torch.Tensor] | None:
+    """Decoder weights from an mlp chunk; for int8, returns the step of each weight matrix (row x col
+    scales), which the refinement chunk needs."""
     tensors = _mlp_tensors(decoder)
     with torch.no_grad():
         if weights == "fp16":
             offsets = np.cumsum([0] + [t.numel() for t in tensors]) * 2
             for t, a, b in zip(tensors, offsets[:-1], offsets[1:]):
                 t.copy_(_from_fp16(raw[a:b], t.shape))
-            return
+            return None
         w1, b1, w2, b2 = tensors
         h, n_in = w1.shape
         pos = 0
@@ -110,9 +143,23 @@ def load_mlp(decoder: Decoder, raw: bytes, weights: str) -> None:
         r2, c2 = _from_fp16(take(8), (4, 1)), _from_fp16(take(2 * h), (1, h))
         b1.copy_(_from_fp16(take(2 * h), (h,)))
         b2.copy_(_from_fp16(take(8), (4,)))
-        int8 = lambda n, shape: torch.from_numpy(np.frombuffer(take(n), np.int8).astype(np.float32).reshape(shape))  # noqa: E731
-        w1.copy_(int8(h * n_in, (h, n_in)) * r1 * c1)
-        w2.copy_(int8(4 * h, (4, h)) * r2 * c2)
+        steps = [r1 * c1, r2 * c2]
+        w1.copy_(_int8(take(h * n_in), (h, n_in)) * steps[0])
+        w2.copy_(_int8(take(4 * h), (4, h)) * steps[1])
+        return steps
+
+
+def refine_mlp(decoder: Decoder, raw: bytes, steps: list[torch.Tensor]) -> None:
+    """Add the refinement chunk's residuals (e / 254 steps) to int8 decoder weights."""
+    w1, _, w2, _ = _mlp_tensors(decoder)
+    n = w1.numel()
+    with torch.no_grad():
+        w1.add_(_int8(raw[:n], tuple(w1.shape)) * steps[0] / REFINE)
+        w2.add_(_int8(raw[n:], tuple(w2.shape)) * steps[1] / REFINE)
+
+
+def _int8(raw: bytes, shape) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(raw, np.int8).astype(np.float32).reshape(shape))
 
 
 # ---- writing -------------------------------------------------------------------------------------------
@@ -139,7 +186,7 @@ def field_chunks(field: RadianceField, kind: str | None = None, per_level=None, 
     the decoder's weights as fp16 or int8."""
     grid, octree = field.grid, field.octree
     kind = kind or grid.kind
-    chunks = [mlp_chunk(field.decoder, mlp)]
+    chunks = []
     masks = octree.child_masks()
 
     def structure(level: int) -> Chunk:
@@ -168,7 +215,7 @@ def field_chunks(field: RadianceField, kind: str | None = None, per_level=None, 
                 chunks.append(Chunk("hash", level, np.array([grid.seed, HASH_FUNCTION], "<u4").tobytes()))
         else:
             raise ValueError(f"no default chunks for kind {kind!r}")
-    return chunks
+    return decoder_chunks(chunks, field.decoder, mlp, grid.levels)
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -277,6 +324,8 @@ def expected_chunks(m: dict) -> list[tuple[str, int | None, int]]:
                  "indices": bitpack.packed_size(n, m.get("bits", 0) or 1), "hash": 8,
                  "klt-basis": (F + m.get("rank", 0) * F) * 2, "klt-coeffs": n * m.get("rank", 0) * 2}
         out.extend((kind, level, sizes[kind]) for kind in LEVEL_KINDS[m["kind"]])
+        if refine_bytes(m) and k == 0:
+            out.append(("mlp-refine", m["levels"][min(1, len(m["levels"]) - 1)], refine_bytes(m)))
     return out
 
 
@@ -291,6 +340,7 @@ class ModelAssembler:
         self.header: dict | None = None
         self.model: dict | None = None
         self.decoder: Decoder | None = None
+        self.mlp_steps: list[torch.Tensor] | None = None  # int8 weights' steps, for the refinement
         self.cells: list[torch.Tensor] = []
         self.vertices: list[torch.Tensor] = []
         self.cell_vertices: list[torch.Tensor] = []
@@ -331,8 +381,10 @@ class ModelAssembler:
         if kind == "mlp":
             d = m["decoder"]
             decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
-            load_mlp(decoder, raw, d.get("weights", "fp16"))
+            self.mlp_steps = load_mlp(decoder, raw, d.get("weights", "fp16"))
             self.decoder = decoder
+        elif kind == "mlp-refine":
+            refine_mlp(self.decoder, raw, self.mlp_steps)
         elif kind == "structure":
             mask = torch.from_numpy(np.frombuffer(raw, np.uint8).copy()).to(self.device)
             self._add_level(child_cells(self.cells[level - 1], mask, level - 1))
