@@ -11,13 +11,15 @@ horizontal field of view), as the viewer opens. Per LOD: median / min ms of both
 (the fast path stops marching and decoding a ray at transmittance 1e-4; the training path decodes every
 sample), and the PSNR of the fast image against the training renderer's (identical images read inf).
 The viewer rows time one frame of ``ViewerWindow`` at that size at the finest LOD with the render scale
-fixed at 1, and with dynamic resolution holding ``--target-fps`` (the scale it settles at and its fps).
+fixed at 1 (split into render, canvas upload, panel, and draw + read-back of the headless window), and with
+dynamic resolution holding ``--target-fps`` (the scale it settles at and its fps).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 import traceback
@@ -102,15 +104,17 @@ def bench_viewer(path: Path, size: int, iters: int, warmup: int, target_fps: flo
     state = ViewerState(path, size=(size, size))
     result = {"size": size}
     with ViewerWindow(state, headless=True, panel=True) as window:
-        times = []
+        times, parts = [], []
         for k in range(warmup + iters):
             t0 = time.perf_counter()
             window.frame(dt=1 / 30)
             if k >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
+                parts.append(dict(window.timings))
         times.sort()
         result["fixed_scale"] = {"median_ms": times[len(times) // 2], "min_ms": times[0], "fps": 1e3 / times[len(times) // 2],
-                                 "frames": len(times)}
+                                 "frames": len(times),
+                                 "parts_median_ms": {key: statistics.median(p[key] for p in parts) for key in parts[0]}}
         state.set_dynamic(True, target_fps)
         for _ in range(max(12, 2 * iters)):  # settle
             window.frame(dt=1 / 30)
@@ -123,7 +127,8 @@ def bench_viewer(path: Path, size: int, iters: int, warmup: int, target_fps: flo
         result["dynamic"] = {"target_fps": target_fps, "median_ms": times[len(times) // 2],
                              "fps": 1e3 / times[len(times) // 2], "render_scale": state.render_scale,
                              "render_size": list(state.render_size()), "frames": len(times)}
-    print(f"viewer {size}x{size}: {result['fixed_scale']['median_ms']:.1f} ms/frame at scale 1; dynamic "
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in result["fixed_scale"]["parts_median_ms"].items())
+    print(f"viewer {size}x{size}: {result['fixed_scale']['median_ms']:.1f} ms/frame at scale 1 ({parts} ms); dynamic "
           f"({target_fps} FPS target): {result['dynamic']['fps']:.1f} FPS at scale {state.render_scale:.2f}",
           file=sys.stderr, flush=True)
     return result

@@ -303,6 +303,8 @@ def test_streaming_refines_the_picture_and_a_prefix_equals_max_bytes(ggui, model
             assert state.shown_lod == lod
             seen.append(window.frame(dt=0.0))
             assert state.last_stats["lod"] == lod
+            assert set(window.timings) == {"render", "upload", "panel", "present"}
+            assert all(v >= 0 for v in window.timings.values())
         state.start_stream()  # restart: nothing has arrived again
         np.testing.assert_allclose(window.frame(dt=0.0), empty, atol=1 / 255)
         window.frame(dt=ends[0] / 1000.0 + 0.01)  # simulated time: LOD 0 is in after end / 1 kB/s

@@ -93,6 +93,7 @@ class ViewerWindow:
         self.canvas_image = CanvasImage((state.width, state.height))
         self.gui = self.window.get_gui() if panel else None
         self.last_time = None
+        self.timings: dict[str, float] = {}
         self.status = ""
         self.out_dir = Path.cwd()
 
@@ -121,14 +122,23 @@ class ViewerWindow:
         if not self.headless:
             self._input(dt)
         state.advance(dt)
-        self.canvas.set_image(self.canvas_image.upload(state.render_tensor()))
+        marks = [time.perf_counter()]
+        image = state.render_tensor()
+        marks.append(time.perf_counter())
+        self.canvas.set_image(self.canvas_image.upload(image))
+        marks.append(time.perf_counter())
         if self.gui is not None:
             self._panel()
+        marks.append(time.perf_counter())
         if self.headless:
             shown = from_buffer(self.window.get_image_buffer_as_numpy())
         else:
             shown = None
             self.window.show()
+        marks.append(time.perf_counter())
+        # where a frame's time goes (the benchmark reports it): render, canvas upload, panel, draw + present
+        self.timings = {name: (b - a) * 1e3 for name, a, b in zip(("render", "upload", "panel", "present"),
+                                                                   marks, marks[1:])}
         state.frame_done(time.perf_counter() - now)
         return shown
 
