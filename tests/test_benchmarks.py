@@ -102,3 +102,21 @@ def test_codec_benchmark_reports_sizes_times_and_psnr(tmp_path):
         assert abs(row["psnr_file"][-1] - row["psnr_checkpoint"][-1]) < 0.05
         assert row["decode_seconds"] > 0 and row["first_lod_bytes"] == row["lods"][0]["end"]
         assert all(v["chosen"] <= v["raw"] for v in row["codecs"].values())
+
+
+def test_step_profile_names_every_stage_and_writes_json(tmp_path):
+    from benchmarks import profile_step
+    from tvq.data.synthetic import make_scene
+    from tvq.profiling import STAGES
+
+    make_scene(tmp_path / "scene", size=24, n_train=6, n_val=0, n_test=2, seed=1)
+    out = tmp_path / "profile.json"
+    config = json.dumps({"max_level": 4, "num_lods": 2, "batch_rays": 256, "vq_warmup": 0})
+    assert profile_step.main(["--scene", str(tmp_path / "scene"), "--bits", "0", "4", "--warmup-steps", "3",
+                              "--steps", "2", "--config", config, "--arch", "cpu", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["bits"] for r in runs] == [0, 4] and [r["kind"] for r in runs] == ["raw", "vq"]
+    for run in runs:
+        assert run["wall_ms"] > 0 and run["gpu_busy_ms"] is None  # no GPU here
+        assert list(run["stages"]) == list(STAGES)
+        assert all(s["cpu_ms"] > 0 and s["calls_per_step"] == 1 for s in run["stages"].values())

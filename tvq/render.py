@@ -15,6 +15,7 @@ import torch
 
 from . import ops
 from .field import RadianceField
+from .profiling import stage
 from .sampling import raymarch
 
 
@@ -37,14 +38,19 @@ def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor,
     """
     octree = field.octree
     level = field.grid.levels[lod]
-    o_n = octree.normalize(origins)
-    packed = raymarch(octree, o_n, dirs, level, samples_per_cell=options.samples_per_cell,
-                      jitter=options.jitter, max_samples_per_ray=options.max_samples_per_ray,
-                      generator=generator, seed=seed)
-    points = packed.positions(o_n, dirs)
-    sigma, rgb = field(points, dirs, lod, packed.ray_ids)
-    out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
-                        early_stop_eps=1e-4 if options.early_stop else 0.0)
+    with stage("march"):
+        o_n = octree.normalize(origins)
+        packed = raymarch(octree, o_n, dirs, level, samples_per_cell=options.samples_per_cell,
+                          jitter=options.jitter, max_samples_per_ray=options.max_samples_per_ray,
+                          generator=generator, seed=seed)
+        points = packed.positions(o_n, dirs)
+    with stage("features"):
+        features = field.grid(points, lod)
+    with stage("decoder"):
+        sigma, rgb = field.decoder(features, dirs, packed.ray_ids)
+    with stage("composite"):
+        out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
+                            early_stop_eps=1e-4 if options.early_stop else 0.0)
     return {"color": out.colour, "opacity": out.opacity, "depth": out.depth / octree.scale,
             "samples": packed.num_samples}
 

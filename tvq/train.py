@@ -45,6 +45,7 @@ from .errors import TvqError
 from .field import Decoder, FeatureOctree, RadianceField
 from .metrics import mse_to_psnr
 from .octree import SparseOctree
+from .profiling import stage
 from .render import RenderOptions, render_rays
 
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
@@ -371,15 +372,19 @@ class Trainer:
         rng = np.random.default_rng((c.seed, self.step))  # this step's draws, whatever happened before
         lod = int(rng.choice(c.num_lods, p=self.lod_probs))
         self.generator.manual_seed(int(rng.integers(1 << 62)))
-        origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
+        with stage("sample"):
+            origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
         options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
                                 jitter=True)
         out = render_rays(self.field, origins, dirs, lod, self.data.background, options,
                           seed=int(rng.integers(1 << 31)))
-        loss = torch.mean((out["color"] - target) ** 2)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with stage("loss"):
+            loss = torch.mean((out["color"] - target) ** 2)
+        with stage("backward"):
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with stage("optimizer"):
+            self.optimizer.step()
         return {"loss": loss.detach(), "lod": lod, "samples": out["samples"]}
 
     def _diverged(self, step: int, what: str) -> None:
