@@ -120,3 +120,32 @@ def test_step_profile_names_every_stage_and_writes_json(tmp_path):
         assert run["wall_ms"] > 0 and run["gpu_busy_ms"] is None  # no GPU here
         assert list(run["stages"]) == list(STAGES)
         assert all(s["cpu_ms"] > 0 and s["calls_per_step"] == 1 for s in run["stages"].values())
+
+
+def test_prune_study_prunes_less_with_dilation_and_writes_json(tmp_path):
+    from benchmarks import prune_study
+    from tvq import runtime
+    from tvq.data import load_scene
+    from tvq.data.synthetic import make_scene
+    from tvq.export import export_checkpoint
+    from tvq.train import TrainConfig, Trainer
+
+    make_scene(tmp_path / "scene", size=24, n_train=6, n_val=0, n_test=2, seed=1)
+    runtime.init("cpu")
+    trainer = Trainer(load_scene(tmp_path / "scene"), TrainConfig(bits=4, iters=30, max_level=5, num_lods=2,
+                                                                  batch_rays=512, eval_every=0, vq_warmup=0),
+                      tmp_path / "b4")
+    trainer.setup()
+    trainer.fit()
+    export_checkpoint(tmp_path / "b4" / "checkpoint.pt", tmp_path / "b4.tvq")
+    out = tmp_path / "prune.json"
+    assert prune_study.main(["--model", str(tmp_path / "b4.tvq"), "--scene", str(tmp_path / "scene"), "--downscale",
+                             "1", "--every", "1", "--thresholds", "1e-3", "0.05", "--arch", "cpu",
+                             "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    base, rows = result["as_trained"], result["pruned"]
+    assert [(r["threshold"], r["dilated"]) for r in rows] == [(1e-3, False), (1e-3, True), (0.05, False), (0.05, True)]
+    for plain, grown in zip(rows[::2], rows[1::2]):
+        assert plain["cells"] <= grown["cells"] <= base["cells"]
+        assert plain["file_bytes"] <= grown["file_bytes"] <= base["file_bytes"]
+    assert rows[2]["cells"] < base["cells"]  # a high threshold really prunes
