@@ -1,0 +1,91 @@
+"""VQRF's building blocks: the cumulative-importance thresholds and the importance-weighted codebook."""
+
+import numpy as np
+import pytest
+import torch
+
+from tvq.compress.vqrf import importance_codebook, quantile_threshold
+
+
+def numpy_threshold(importance: np.ndarray, beta: float) -> float:
+    """eq. 5-6 written out: the largest theta among the importances with F(theta) <= beta."""
+    best = 0.0
+    total = importance.sum()
+    for theta in np.unique(np.concatenate([importance, [np.inf]])):
+        if importance[importance < theta].sum() / total <= beta:
+            best = theta
+    return best
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.001, 0.2, 0.6, 0.999, 1.0])
+def test_quantile_threshold_matches_numpy(beta):
+    rng = np.random.default_rng(0)
+    importance = np.concatenate([rng.exponential(1.0, 500) ** 3, np.zeros(50), np.full(20, 0.5)])
+    theta = quantile_threshold(torch.from_numpy(importance), beta)
+    assert theta == pytest.approx(numpy_threshold(importance, beta))
+    below = importance[importance < theta].sum() / importance.sum()
+    assert below <= beta + 1e-12
+    if 0.2 <= beta < 1 and (importance > theta).any():  # and not less than it must: the next one exceeds beta
+        nxt = importance[importance > theta].min()
+        assert importance[importance < nxt].sum() / importance.sum() > beta
+
+
+def test_quantile_threshold_long_tail_prunes_many_and_keeps_few():
+    """A long tail like VQRF's Fig. 4: most vertices hold little, the top few hold most."""
+    rng = np.random.default_rng(1)
+    importance = torch.from_numpy(rng.pareto(0.7, 100000))
+    prune = quantile_threshold(importance, 0.001)
+    keep = quantile_threshold(importance, 0.6)
+    pruned = float((importance < prune).double().mean())
+    kept = float((importance > keep).double().mean())
+    assert pruned > 0.2 and kept < 0.05 and prune < keep
+
+
+def test_importance_codebook_recovers_weighted_clusters_with_no_dead_codes():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 4, generator=gen) * 10
+    labels = torch.randint(0, 8, (20000,), generator=gen)
+    x = centres[labels] + 0.1 * torch.randn(20000, 4, generator=gen)
+    importance = torch.rand(20000, generator=gen) + 0.1
+    codes, assign = importance_codebook(x, importance, k=8, steps=300, batch=2000, seed=0)
+    used = torch.bincount(assign, minlength=8)
+    assert (used > 0).all()
+    found = torch.cdist(centres, codes).min(dim=1).values
+    assert (found < 0.5).all(), found
+    # every vector goes to the code of its own cluster
+    nearest_code = torch.cdist(centres, codes).argmin(dim=1)
+    assert torch.equal(assign, nearest_code[labels])
+
+
+def test_code_expiry_revives_codes_that_no_vector_picks():
+    """All codes start on one far point: without expiry the duplicates never receive a vector; with it they
+    are re-seeded from important vectors until every cluster has its code."""
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(8, 3, generator=gen) * 10
+    labels = torch.randint(0, 8, (8000,), generator=gen)
+    x = centres[labels] + 0.05 * torch.randn(8000, 3, generator=gen)
+    importance = torch.rand(8000, generator=gen) + 0.5
+    init = torch.full((8, 3), 100.0)
+    _, stuck = importance_codebook(x, importance, k=8, steps=200, batch=1000, expire=0, init=init)
+    assert int((torch.bincount(stuck, minlength=8) > 0).sum()) == 1
+    codes, assign = importance_codebook(x, importance, k=8, steps=400, batch=1000, expire=10, init=init)
+    assert (torch.bincount(assign, minlength=8) > 0).all()
+    assert (torch.cdist(centres, codes).min(dim=1).values < 0.5).all()
+
+
+def test_importance_codebook_follows_the_importance():
+    """Two clusters, one code: the code goes to the important cluster's side."""
+    x = torch.cat([torch.zeros(1000, 2), torch.ones(1000, 2) * 4])
+    importance = torch.cat([torch.full((1000,), 9.0), torch.full((1000,), 1.0)])
+    codes, _ = importance_codebook(x, importance, k=1, steps=200, batch=500, expire=0, seed=0)
+    # the importance-weighted mean: (9 * 0 + 1 * 4) / 10 per axis
+    torch.testing.assert_close(codes[0], torch.full((2,), 0.4), atol=0.08, rtol=0)
+
+
+def test_importance_codebook_refuses_bad_input():
+    with pytest.raises(ValueError, match="non-empty"):
+        importance_codebook(torch.zeros(0, 3), torch.zeros(0), k=2)
+    with pytest.raises(ValueError, match="codebook options"):
+        importance_codebook(torch.zeros(5, 3), torch.ones(5), k=0)
+    with pytest.raises(ValueError, match="quantile"):
+        quantile_threshold(torch.ones(3), 1.5)

@@ -1,0 +1,103 @@
+"""VQRF's building blocks (Li et al., *Compressing Volumetric Radiance Fields to 1 MB*, 2023), per octree level.
+
+Importance. A sample's importance is its rendering weight I_i = T_i alpha_i; a vertex collects the
+importance of the samples around it, shared by the trilinear weights (eq. 3-4: ``tvq.ops.importance``).
+
+Thresholds by the cumulative score rate (eq. 5): with F(theta) = sum_l I_l 1{I_l < theta} / sum_l I_l, the
+fraction of the total importance held by the vertices below theta,
+
+    theta_p = F^-1(beta_p)  (eq. 6): the vertices below theta_p hold at most beta_p of the importance;
+                                      they are pruned (a cell all of whose vertices are pruned leaves),
+    theta_k = F^-1(beta_k)  (eq. 10): the vertices above theta_k are kept unquantised.
+
+``quantile_threshold`` returns the largest theta the ascending importances allow with F(theta) <= beta.
+
+Codebook (eq. 8-9). Importance-weighted k-means (seeded by importance-weighted k-means++), approximated by
+mini-batches: each step assigns a random batch of vectors u_j (weights I_j) to their nearest codes, and each
+code that received importance s_k = sum_{j -> k} I_j moves to
+
+    b_k := lambda_d b_k + (1 - lambda_d) / s_k * sum_{j -> k} I_j u_j        (lambda_d = 0.8);
+
+code expiry: every code's capacity is a moving average (the same lambda_d) of the importance it receives;
+of the J codes of least capacity (J = 10), those below ``DEAD`` times the mean capacity are re-seeded, so
+that no code stays dead. The paper re-seeds them from the batch's most important vectors; here they take
+the vectors the codebook serves worst (largest I_j ||u_j - b||^2), which lands them on the clusters that
+lack a code instead of next to codes that already serve the most important ones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..kmeans import full_precision_matmul, kmeans_plus_plus, nearest
+
+DEAD = 0.5  # a code whose capacity is below this fraction of the mean counts as under-used
+SEED_SAMPLE = 1 << 16  # rows the k-means++ seeding draws from
+
+
+def quantile_threshold(importance: torch.Tensor, beta: float) -> float:
+    """theta = F^-1(beta): the vertices with importance < theta hold at most ``beta`` of the total (eq. 5-6,
+    10); +inf for beta = 1 (at beta = 0 the vertices of zero importance are still below it)."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"the quantile must be in [0, 1], got {beta}")
+    values = importance.detach().double().flatten().sort().values
+    total = float(values.sum())
+    if beta >= 1.0:
+        return float("inf")
+    if values.numel() == 0 or total <= 0:
+        return 0.0
+    cumulative = values.cumsum(0) / total
+    count = int(torch.searchsorted(cumulative, torch.tensor([beta], dtype=torch.float64, device=values.device),
+                                   right=True))
+    # ties: the vertices equal to the threshold stay, so the pruned share never exceeds beta
+    while count > 0 and count < values.numel() and values[count - 1] == values[count]:
+        count -= 1
+    return float("inf") if count >= values.numel() else float(values[count])
+
+
+@torch.no_grad()
+def importance_codebook(x: torch.Tensor, importance: torch.Tensor, k: int, steps: int = 1000, batch: int = 10000,
+                        decay: float = 0.8, expire: int = 10, seed: int = 0,
+                        init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codebook (k, F) of the rows of ``x`` (N, F) weighted by ``importance`` (N,) (eq. 8-9 with code expiry;
+    see the module docstring), and the nearest code of every row (N,). ``init`` (k, F) replaces the
+    k-means++ seeds."""
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"the codebook needs a non-empty (N, F) tensor, got {tuple(x.shape)}")
+    if k < 1 or not 0 <= decay < 1 or expire < 0:
+        raise ValueError(f"bad codebook options: k={k}, decay={decay}, expire={expire}")
+    x = x.detach().float()
+    w = importance.detach().float().clamp(min=0).to(x.device)
+    if not bool(w.sum() > 0):
+        w = torch.ones_like(w)
+    n = x.shape[0]
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    # seeds: importance-weighted k-means++ on a sample of the rows that carry importance
+    carrying = torch.nonzero(w > 0).flatten()
+    sample = carrying[torch.randperm(carrying.numel(), generator=gen, device=x.device)[:SEED_SAMPLE]]
+    capacity = torch.zeros(k, device=x.device)
+    with full_precision_matmul():
+        if init is not None:
+            if tuple(init.shape) != (k, x.shape[1]):
+                raise ValueError(f"init must be ({k}, {x.shape[1]}), got {tuple(init.shape)}")
+            codes = init.detach().float().to(x.device).clone()
+        else:
+            codes = kmeans_plus_plus(x[sample], k, w[sample], gen).clone()
+        for _ in range(steps):
+            rows = torch.randint(0, n, (min(batch, n),), generator=gen, device=x.device)
+            u, iw = x[rows], w[rows]
+            assign, dist = nearest(u, codes)
+            mass = torch.zeros(k, device=x.device).index_add_(0, assign, iw)
+            sums = torch.zeros_like(codes).index_add_(0, assign, u * iw[:, None])
+            hit = mass > 0
+            codes[hit] = decay * codes[hit] + (1 - decay) * sums[hit] / mass[hit, None]
+            capacity.mul_(decay).add_((1 - decay) * mass)
+            j = min(expire, k, rows.numel())
+            if j:
+                lowest = capacity.topk(j, largest=False).indices
+                dead = lowest[capacity[lowest] < DEAD * capacity.mean()]
+                if dead.numel():  # re-seeded from the vectors the codebook serves worst
+                    codes[dead] = u[(iw * dist).topk(dead.numel()).indices]
+                    capacity[dead] = capacity.mean()  # a fair start, not the next expiry
+        assign, _ = nearest(x, codes)
+    return codes, assign
