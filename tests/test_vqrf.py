@@ -89,3 +89,17 @@ def test_importance_codebook_refuses_bad_input():
         importance_codebook(torch.zeros(5, 3), torch.ones(5), k=0)
     with pytest.raises(ValueError, match="quantile"):
         quantile_threshold(torch.ones(3), 1.5)
+
+
+def test_vertex_classes_and_surviving_cells():
+    from tvq.compress.vqrf import surviving_cells, vertex_classes
+
+    importance = torch.tensor([0.0, 0.001, 0.002, 1.0, 2.0, 3.0, 50.0, 100.0])
+    pruned, kept = vertex_classes(importance, prune=0.001, keep=0.6)
+    # total 156.003: the three smallest hold 0.003 / 156 < 0.1%; the top two hold 150 / 156 > 40%
+    assert pruned.tolist() == [True, True, True, False, False, False, False, False]
+    assert kept.tolist() == [False, False, False, False, False, False, False, True]
+    cells = torch.tensor([[0, 1, 2, 0, 1, 2, 0, 1], [0, 1, 2, 3, 0, 1, 2, 0]], dtype=torch.int32)
+    assert surviving_cells(cells, pruned).tolist() == [False, True]
+    with pytest.raises(ValueError, match="prune <= keep"):
+        vertex_classes(importance, prune=0.7, keep=0.6)

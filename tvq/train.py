@@ -45,6 +45,7 @@ from .errors import TvqError
 from .field import Decoder, FeatureOctree, RadianceField
 from .metrics import mse_to_psnr
 from .octree import SparseOctree
+from .optim import LazyRowAdam
 from .profiling import stage
 from .render import RenderOptions, render_rays
 
@@ -77,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     checkpoint_seconds: float = 60.0  # and at least this much training time apart (a VQ checkpoint is ~1 GB)
     mask_threshold: float = 0.5
+    lazy_rows: bool = False  # grid rows no sample touched keep their values and Adam moments (tvq.optim)
 
     def validate(self) -> None:
         if self.bits < 0 or self.bits > 12:
@@ -293,14 +295,13 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
-        return torch.optim.Adam(
-            [
-                {"params": self.field.grid.grid_parameters(), "lr": c.lr * c.grid_lr_scale},
-                {"params": list(self.field.decoder.parameters()), "lr": c.lr},
-            ],
-            eps=1e-15,
-            fused=self.device.type == "cuda",  # one kernel for all parameters instead of several per tensor
-        )
+        groups = [
+            {"params": self.field.grid.grid_parameters(), "lr": c.lr * c.grid_lr_scale, "lazy": c.lazy_rows},
+            {"params": list(self.field.decoder.parameters()), "lr": c.lr},
+        ]
+        # fused: one kernel for all parameters instead of several per tensor
+        optimizer = LazyRowAdam if c.lazy_rows else torch.optim.Adam
+        return optimizer(groups, eps=1e-15, fused=self.device.type == "cuda")
 
     def _restore(self, ckpt: dict) -> None:
         saved = TrainConfig(**ckpt["config"])
@@ -323,6 +324,7 @@ class Trainer:
         self.field = field_from_checkpoint(ckpt, self.device, self.checkpoint_path)
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.param_groups[0]["lazy"] = self.config.lazy_rows  # (a budget option, like the rates)
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
 

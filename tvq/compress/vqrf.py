@@ -8,7 +8,8 @@ fraction of the total importance held by the vertices below theta,
 
     theta_p = F^-1(beta_p)  (eq. 6): the vertices below theta_p hold at most beta_p of the importance;
                                       they are pruned (a cell all of whose vertices are pruned leaves),
-    theta_k = F^-1(beta_k)  (eq. 10): the vertices above theta_k are kept unquantised.
+    theta_k = F^-1(beta_k)  (eq. 10): the vertices at or above theta_k (holding at least 1 - beta_k of the
+                                       importance) are kept unquantised.
 
 ``quantile_threshold`` returns the largest theta the ascending importances allow with F(theta) <= beta.
 
@@ -101,3 +102,20 @@ def importance_codebook(x: torch.Tensor, importance: torch.Tensor, k: int, steps
                     capacity[dead] = capacity.mean()  # a fair start, not the next expiry
         assign, _ = nearest(x, codes)
     return codes, assign
+
+
+def vertex_classes(importance: torch.Tensor, prune: float, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned, kept) masks of one level's vertices: below theta_p = F^-1(``prune``), at or above theta_k =
+    F^-1(``keep``) (so the kept ones hold at least 1 - keep of the importance; they stay unquantised, the
+    rest are vector-quantised)."""
+    if not 0.0 <= prune <= keep <= 1.0:
+        raise ValueError(f"need 0 <= prune <= keep <= 1, got prune={prune}, keep={keep}")
+    theta_p, theta_k = quantile_threshold(importance, prune), quantile_threshold(importance, keep)
+    pruned = importance < theta_p
+    return pruned, (importance >= theta_k) & ~pruned
+
+
+def surviving_cells(cell_vertices: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """(N,) mask of the cells (corner rows (N, 8) into the level's vertex table) that keep at least one
+    unpruned corner: a cell whose vertices are all pruned leaves the structure."""
+    return ~pruned[cell_vertices.long()].all(dim=1)
