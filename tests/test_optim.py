@@ -1,7 +1,10 @@
-"""LazyRowAdam: Adam on the rows a step touched, nothing on the others."""
+"""LazyRowAdam: Adam on the rows a step touched, nothing on the others; the options added after the
+checkpoint format."""
 
+import pytest
 import torch
 
+from tvq.errors import TvqError
 from tvq.optim import LazyRowAdam
 
 
@@ -79,3 +82,28 @@ def test_a_training_run_with_lazy_rows_trains_and_resumes(tmp_path):
     assert resumed.step == 20 and resumed.optimizer.param_groups[0]["lazy"]
     resumed.fit()
     assert resumed.last_loss < first
+
+
+def test_a_checkpoint_from_before_the_newer_options_loads_with_their_defaults(tmp_path):
+    from tvq.checkpoint import ADDED_LATER
+    from tvq.data import load_scene
+    from tvq.data.synthetic import make_scene
+    from tvq.train import TrainConfig, Trainer, field_from_checkpoint, load_checkpoint
+
+    make_scene(tmp_path / "scene", size=24, n_train=6, n_val=0, n_test=2, seed=1)
+    trainer = Trainer(load_scene(tmp_path / "scene"), TrainConfig(iters=3, max_level=4, num_lods=2, batch_rays=256,
+                                                                  eval_every=0, decoder_hidden=32), tmp_path / "run")
+    trainer.setup()
+    trainer.fit()
+    path = tmp_path / "run" / "checkpoint.pt"
+    assert field_from_checkpoint(load_checkpoint(path), torch.device("cpu")).decoder.net[0].out_features == 32
+    ckpt = torch.load(path, weights_only=True)
+    for name in ADDED_LATER:
+        del ckpt["config"][name]
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_checkpoint(tmp_path / "old.pt")
+    assert TrainConfig(**old["config"]).decoder_hidden == 128
+    del ckpt["config"]["max_level"]  # an option the format always had is still required
+    torch.save(ckpt, tmp_path / "broken.pt")
+    with pytest.raises(TvqError, match="config.max_level' is missing"):
+        load_checkpoint(tmp_path / "broken.pt")

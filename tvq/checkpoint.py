@@ -128,6 +128,10 @@ _NESTED = {
 }
 
 
+# Options newer than the checkpoint format: a checkpoint written before them trained with their defaults.
+ADDED_LATER = ("decoder_hidden", "lazy_rows")
+
+
 def _config_checks() -> dict:
     """A check per ``TrainConfig`` field, from its annotation."""
     from .train import TrainConfig
@@ -175,5 +179,5 @@ def validate(ckpt: dict, path: Path) -> None:
         if problem:
             bad(f"config.{name}", problem)
     for name in checks:
-        if name not in ckpt["config"]:
+        if name not in ckpt["config"] and name not in ADDED_LATER:
             raise TvqError(f"{path}: checkpoint field 'config.{name}' is missing")

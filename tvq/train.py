@@ -59,6 +59,7 @@ class TrainConfig:
     max_level: int = 8
     num_lods: int = 4
     feature_dim: int = 16
+    decoder_hidden: int = 128  # width of the decoder MLP's hidden layer
     octree_from: str = "auto"  # auto | depth | masks
     dilate: int = 0  # dilate the depth octree by whole cells at the finest level
     iters: int = 2000
@@ -103,6 +104,8 @@ class TrainConfig:
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
+        if not 8 <= self.decoder_hidden <= 1024:
+            raise TvqError(f"decoder_hidden must be in 8..1024, got {self.decoder_hidden}")
 
     @property
     def kind(self) -> str:
@@ -196,7 +199,7 @@ def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = Non
     grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=kind,
                          bits=0 if kind == "raw" else config.bits, seed=config.seed)
     torch.manual_seed(config.seed)
-    return RadianceField(grid, Decoder(config.feature_dim)).to(octree.device)
+    return RadianceField(grid, Decoder(config.feature_dim, hidden=config.decoder_hidden)).to(octree.device)
 
 
 def octree_state(octree: SparseOctree) -> dict:
@@ -306,7 +309,7 @@ class Trainer:
     def _restore(self, ckpt: dict) -> None:
         saved = TrainConfig(**ckpt["config"])
         # Budget options may change on resume; everything that shapes the model must not.
-        for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "seed"):
+        for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "decoder_hidden", "seed"):
             if getattr(saved, key) != getattr(self.config, key):
                 raise TvqError(f"{self.checkpoint_path}: checkpoint has {key}={getattr(saved, key)}, "
                                f"the command asks for {getattr(self.config, key)}")
