@@ -119,3 +119,31 @@ def surviving_cells(cell_vertices: torch.Tensor, pruned: torch.Tensor) -> torch.
     """(N,) mask of the cells (corner rows (N, 8) into the level's vertex table) that keep at least one
     unpruned corner: a cell whose vertices are all pruned leaves the structure."""
     return ~pruned[cell_vertices.long()].all(dim=1)
+
+
+@torch.no_grad()
+def vertex_importance(field, origins: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
+                      samples_per_cell: int = 4, chunk: int = 1 << 13) -> torch.Tensor:
+    """Importance (V,) of every vertex of the field's feature levels over the rays (world-space origins and
+    unit directions (R, 3)): each sample of the training marcher (every sample, no early termination)
+    weighs T alpha, shared among the 8 corners of its cell at every level by the trilinear weights."""
+    from ..ops import composite, importance
+    from ..sampling import raymarch
+
+    octree = field.octree
+    lod = field.num_lods - 1
+    level = field.grid.levels[lod]
+    device = octree.device
+    out = torch.zeros(int(field.grid.flat.vertex_start[-1]), device=device)
+    for start in range(0, origins.shape[0], chunk):
+        o = octree.normalize(origins[start:start + chunk].to(device).float())
+        d = dirs[start:start + chunk].to(device).float()
+        packed = raymarch(octree, o, d, level, samples_per_cell=samples_per_cell, max_samples_per_ray=1 << 16)
+        if packed.num_samples == 0:
+            continue
+        points = packed.positions(o, d)
+        sigma, rgb = field(points, d, lod, packed.ray_ids)
+        weights = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background.to(device),
+                            return_weights=True).weights
+        out += importance(points, field.grid.flat, weights.float())
+    return out
