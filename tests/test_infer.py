@@ -227,3 +227,23 @@ def test_fast_path_matches_render_image_on_the_gpu(scene, tmp_path):
         b = fused.render(view.K, view.c2w, view.width, view.height, lod)
         assert float((a["samples"] != b["samples"]).float().mean()) < 1e-3
         torch.testing.assert_close(b["color"], a["color"], atol=1e-3, rtol=0)
+
+
+def test_fused_caps_and_cell_sizes_match_the_rounds(run, scene):
+    """A per-ray cap that falls inside a cell, and other samples per cell, composite the same samples."""
+    model = open_model(run / "model.tvq")
+    view = scene.split("test")[0]
+    for spc, cap in ((3, 5), (1, 1024), (8, 40)):
+        rounds = FastRenderer(model.field, model.background, samples_per_cell=spc, max_samples_per_ray=cap,
+                              fused=False)
+        fused = FastRenderer(model.field, model.background, samples_per_cell=spc, max_samples_per_ray=cap)
+        assert fused.fused
+        a = rounds.render(view.K, view.c2w, view.width, view.height)
+        b = fused.render(view.K, view.c2w, view.width, view.height)
+        assert int(b["samples"].max()) <= cap
+        assert torch.equal(a["samples"], b["samples"]), (spc, cap)
+        torch.testing.assert_close(b["color"], a["color"], atol=2e-5, rtol=0)
+    # more samples per cell than the kernel holds: the rounds by default, a clear error when forced
+    assert not FastRenderer(model.field, model.background, samples_per_cell=9).fused
+    with pytest.raises(TvqError, match="at most 8 samples per cell"):
+        FastRenderer(model.field, model.background, samples_per_cell=9, fused=True)
