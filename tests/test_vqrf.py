@@ -142,3 +142,72 @@ def test_vertex_importance_equals_a_brute_force_sum_over_samples(tmp_path):
     starts = field.grid.flat.vertex_start.tolist()
     totals = [float(got[a:b].sum()) for a, b in zip(starts, starts[1:])]
     assert totals[0] == pytest.approx(totals[1], rel=1e-4) == pytest.approx(float(w.sum()), rel=1e-4)
+
+
+def test_uint8_round_trip_error_is_at_most_half_a_step():
+    from tvq.compress.vqrf import dequantize_uint8, quantize_uint8
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(5000, 6, generator=gen) * torch.tensor([0.01, 1.0, 30.0, 150.0, 1.0, 1.0])
+    x[:, 4] = 2.5  # a constant channel
+    x[:, 5] = torch.linspace(-3, 7, 5000)
+    q, scale, offset = quantize_uint8(x)
+    assert q.dtype == torch.uint8 and tuple(scale.shape) == (6,)
+    error = (dequantize_uint8(q, scale, offset) - x).abs()
+    # half a step, plus the fp16 rounding of the offset the stored scale already accounts for
+    assert (error <= scale / 2 * 1.01 + (offset.abs() * 2 ** -11)).all(), (error.max(0).values, scale)
+    assert error[:, 4].max() <= 2.5 * 2 ** -11  # the constant: exact up to its fp16 offset
+    assert int(q[:, 5].min()) == 0 and int(q[:, 5].max()) in (254, 255)  # the range is used
+    empty = quantize_uint8(torch.zeros(0, 3))
+    assert empty[0].shape == (0, 3)
+
+
+def test_fine_tuning_lowers_the_loss_with_the_assignments_unchanged(tmp_path):
+    from tvq.compress.vqrf import QuantizedGrid, importance_codebook
+    from tvq.data import load_scene
+    from tvq.data.synthetic import make_scene
+    from tvq.field import RadianceField
+    from tvq.render import RenderOptions, render_rays
+    from tvq.train import TrainConfig, Trainer
+
+    make_scene(tmp_path / "scene", size=32, n_train=10, n_val=0, n_test=1, seed=2)
+    scene = load_scene(tmp_path / "scene")
+    trainer = Trainer(scene, TrainConfig(iters=120, max_level=5, num_lods=3, batch_rays=1024, samples_per_cell=2,
+                                         eval_every=0), tmp_path / "run")
+    trainer.setup()
+    trainer.fit()
+    raw = trainer.field.grid
+    features = raw.features.detach()
+    kept_rows = features.norm(dim=1).topk(50).indices  # (any keep set will do here)
+    is_kept = torch.zeros(features.shape[0], dtype=torch.bool)
+    is_kept[kept_rows] = True
+    codebook, assign = importance_codebook(features[~is_kept], torch.ones(int((~is_kept).sum())), k=16, steps=50,
+                                           batch=1000)
+    grid = QuantizedGrid(raw, codebook, assign, kept_rows, features[kept_rows])
+    table = grid.table()
+    assert torch.equal(table[kept_rows], features[kept_rows])
+    assert torch.equal(table[~is_kept], codebook[assign])
+    # a code's gradient is the sum of its vertices' gradients; a kept row's is its own
+    cotangent = torch.randn(table.shape, generator=torch.Generator().manual_seed(1))
+    (grid.table() * cotangent).sum().backward()
+    want = torch.zeros_like(codebook).index_add_(0, assign, cotangent[grid.vq_rows])
+    torch.testing.assert_close(grid.codebook.grad, want)
+    torch.testing.assert_close(grid.kept.grad, cotangent[kept_rows])
+    grid.zero_grad()
+    field = RadianceField(grid, trainer.field.decoder)
+    assign_before = grid.assign.clone()
+    optimizer = torch.optim.Adam([{"params": grid.grid_parameters(), "lr": 0.05},
+                                  {"params": field.decoder.parameters(), "lr": 1e-3}])
+    gen = torch.Generator().manual_seed(0)
+    origins, dirs, target = trainer.data.sample(2048, gen)  # one fixed batch: the loss must go down on it
+    options = RenderOptions(samples_per_cell=2)
+    losses = []
+    for step in range(30):
+        out = render_rays(field, origins, dirs, grid.num_lods - 1, trainer.data.background, options)
+        loss = torch.mean((out["color"] - target) ** 2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert torch.equal(grid.assign, assign_before)

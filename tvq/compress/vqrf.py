@@ -147,3 +147,66 @@ def vertex_importance(field, origins: torch.Tensor, dirs: torch.Tensor, backgrou
                             return_weights=True).weights
         out += importance(points, field.grid.flat, weights.float())
     return out
+
+
+def quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """8-bit uniform quantisation of the kept features, per channel: ``(q uint8 (N, F), scale (F,), offset
+    (F,))`` with x ~ offset + scale * q, scale = (max - min) / 255 (1 for a constant channel), so the error
+    is at most scale / 2. Scale and offset are rounded to fp16 (as stored) before q is computed."""
+    x = x.detach().float()
+    if x.shape[0] == 0:
+        zeros = torch.zeros(x.shape[1], device=x.device)
+        return torch.zeros(x.shape, dtype=torch.uint8, device=x.device), zeros + 1, zeros
+    lo, hi = x.min(dim=0).values, x.max(dim=0).values
+    offset = lo.half().float()
+    scale = ((hi - offset) / 255).half().float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # fp16 rounding can leave the top value a hair above 255 steps: the clamp keeps it in range
+    q = ((x - offset) / scale).round().clamp(0, 255).to(torch.uint8)
+    return q, scale, offset
+
+
+def dequantize_uint8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    return offset + scale * q.float()
+
+
+class QuantizedGrid(torch.nn.Module):
+    """A raw grid's vertices as VQRF holds them for joint fine-tuning (the assignments fixed): the
+    vector-quantised rows read ``codebook[assign]``, the kept rows their own features. The feature table is
+    assembled in each forward pass from the parameters, so a code's gradient is the sum of the gradients
+    of the vertices that use it. Stands in for a ``FeatureOctree`` in a ``RadianceField``."""
+
+    def __init__(self, raw, codebook: torch.Tensor, assign: torch.Tensor, kept_rows: torch.Tensor,
+                 kept: torch.Tensor):
+        super().__init__()
+        from ..field import FeatureOctree
+
+        if not isinstance(raw, FeatureOctree) or raw.kind != "raw":
+            raise ValueError("a QuantizedGrid stands on a raw feature grid")
+        self.octree, self.levels, self.flat = raw.octree, raw.levels, raw.flat
+        self.num_lods, self.feature_dim, self.kind, self.bits = raw.num_lods, raw.feature_dim, "raw", 0
+        num_vertices = raw.flat.num_vertices
+        is_kept = torch.zeros(num_vertices, dtype=torch.bool, device=codebook.device)
+        is_kept[kept_rows] = True
+        vq_rows = torch.nonzero(~is_kept).flatten()
+        if assign.shape != vq_rows.shape or kept.shape != (kept_rows.numel(), raw.feature_dim):
+            raise ValueError("assignments must cover every vertex that is not kept, kept features every kept one")
+        self.codebook = torch.nn.Parameter(codebook.detach().float().clone())
+        self.kept = torch.nn.Parameter(kept.detach().float().clone())
+        self.register_buffer("assign", assign.long())
+        self.register_buffer("vq_rows", vq_rows)
+        self.register_buffer("kept_rows", kept_rows.long())
+
+    def table(self) -> torch.Tensor:
+        """The (V, F) feature table these parameters give (differentiable)."""
+        rows = torch.cat([self.vq_rows, self.kept_rows])
+        values = torch.cat([self.codebook.index_select(0, self.assign), self.kept])
+        return torch.empty_like(values).index_copy(0, rows, values)
+
+    def grid_parameters(self) -> list[torch.nn.Parameter]:
+        return [self.codebook, self.kept]
+
+    def forward(self, points: torch.Tensor, lod: int) -> torch.Tensor:
+        from .. import ops
+
+        return ops.gather(points, self.flat, self.table(), lod + 1)
