@@ -13,13 +13,8 @@ set -euo pipefail
 scene=$(realpath "$1") results=$2
 m0=${3:-2} m6=${4:-2.5} mh=${5:-1}
 runs=${RUNS_DIR:-/tmp/tvq-runs}
-mkdir -p "$results" "$runs"
-# a private copy of the scene: the checkout the study was started from may be replaced while it runs
-rm -rf "$runs/scene-copy" && mkdir -p "$runs/scene-copy" && cp -r "$scene" "$runs/scene-copy/" && chmod -R u+w "$runs/scene-copy"
-scene="$runs/scene-copy/$(basename "$scene")"
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$results/log.txt"; }
-# A failed step is logged and the study goes on, so one GPU session measures everything that works.
-step() { "$@" >>"$results/log.txt" 2>&1 || log "FAILED ($?): $*"; }
+source "$(dirname "$0")/_study.sh"
+scene=$(private_scene "$scene")
 
 log "train: raw ${m0} min, 6-bit ${m6} min, hash 12-bit ${mh} min"
 step python3 -m benchmarks.train --runs "$scene:0:$m0" "$scene:6:$m6" "$scene:12:$mh:{\"hash\": true}" \

@@ -28,9 +28,7 @@ from tvq import codec, runtime
 @torch.no_grad()
 def cell_weights(field, views, background, rays: int, seed: int = 0) -> torch.Tensor:
     from tvq.data.rays import pixel_rays
-    from tvq.ops import composite
-    from tvq.prune import cell_of_points
-    from tvq.sampling import raymarch
+    from tvq.prune import cell_of_points, sample_weights
 
     octree = field.octree
     level = octree.max_level
@@ -43,12 +41,11 @@ def cell_weights(field, views, background, rays: int, seed: int = 0) -> torch.Te
     origins, dirs = origins[pick].to(device), dirs[pick].to(device)
     best = torch.zeros(codes.numel(), device=device)
     for start in range(0, origins.shape[0], 1 << 13):
-        o = octree.normalize(origins[start:start + (1 << 13)])
-        d = dirs[start:start + (1 << 13)]
-        packed = raymarch(octree, o, d, level, samples_per_cell=4, max_samples_per_ray=1024)
-        points = packed.positions(o, d)
-        sigma, rgb = field(points, d, field.num_lods - 1, packed.ray_ids)
-        w = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background, return_weights=True).weights
+        found = sample_weights(field, octree.normalize(origins[start:start + (1 << 13)]),
+                               dirs[start:start + (1 << 13)], background)
+        if found is None:
+            continue
+        points, w = found
         rows = cell_of_points(points, codes, level)
         ok = rows >= 0
         best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")
@@ -73,14 +70,14 @@ def pruned(field, keep: torch.Tensor):
     """The field on the octree of the kept finest cells (and their ancestors), every vertex keeping its row."""
     from tvq.field import FeatureOctree, RadianceField
     from tvq.octree import SparseOctree
+    from tvq.prune import vertex_rows
 
     grid, octree = field.grid, field.octree
     new = SparseOctree.from_leaf_codes(octree.max_level, octree.cells[octree.max_level][keep], center=octree.center,
                                        scale=octree.scale)
     out = FeatureOctree(new, num_lods=grid.num_lods, feature_dim=grid.feature_dim, kind=grid.kind, bits=grid.bits,
                         seed=grid.seed, learned=False)
-    rows = torch.cat([torch.searchsorted(octree.vertices[l], new.vertices[l]) + int(grid.flat.vertex_start[k])
-                      for k, l in enumerate(grid.levels)])
+    rows = vertex_rows(grid, new)
     with torch.no_grad():
         if grid.kind == "raw":
             out.features.copy_(grid.features[rows])

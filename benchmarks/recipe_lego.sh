@@ -12,12 +12,8 @@
 set -euo pipefail
 scene=$(realpath "$1") results=$2 minutes=${3:-1}
 runs=${RUNS_DIR:-/tmp/tvq-recipe}
-mkdir -p "$results" "$runs"
-# a private copy of the scene: the checkout the study was started from may be replaced while it runs
-rm -rf "$runs/scene-copy" && mkdir -p "$runs/scene-copy" && cp -r "$scene" "$runs/scene-copy/" && chmod -R u+w "$runs/scene-copy"
-scene="$runs/scene-copy/$(basename "$scene")"
-log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$results/log.txt"; }
-step() { "$@" >>"$results/log.txt" 2>&1 || log "FAILED ($?): $*"; }
+source "$(dirname "$0")/_study.sh"
+scene=$(private_scene "$scene")
 
 levers=(
   '{}'                                           # today's recipe

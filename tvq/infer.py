@@ -149,6 +149,7 @@ class FastRenderer:
         self.frames: OrderedDict[tuple, _Frame] = OrderedDict()
         self.work = _Workspace(self.device)
         self._baked: dict[int, torch.Tensor] = {}  # per LOD, made on its first fused frame
+        self._cell_vertices: dict[int, torch.Tensor] = {}  # per LOD: its level's (N, 8) int32 corner rows
         self._turbo = None
 
     @property
@@ -305,11 +306,10 @@ class FastRenderer:
                 "samples": samples.clone(), "stats": {"rays": R, "samples": int(samples.sum()), "rounds": 1}}
 
     def cell_vertices(self, lod: int) -> torch.Tensor:
-        level = self.levels[lod]
-        key = ("cell_vertices", lod)
-        if key not in self._baked:
-            self._baked[key] = self.octree.cell_vertices[level].to(self.device, torch.int32).contiguous()
-        return self._baked[key]
+        if lod not in self._cell_vertices:
+            level = self.levels[lod]
+            self._cell_vertices[lod] = self.octree.cell_vertices[level].to(self.device, torch.int32).contiguous()
+        return self._cell_vertices[lod]
 
     def _shade_in_rounds(self, frame: _Frame, origins, dirs, lod: int, bg) -> dict:
         from .kernels.inference import (F_COLOUR, F_DEPTH, F_TRANS, I_COMPOSITED, kernels)

@@ -23,14 +23,38 @@ def cell_of_points(points: torch.Tensor, codes: torch.Tensor, level: int) -> tor
 
 
 @torch.no_grad()
-def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 13) -> torch.Tensor:
-    """Max rendering weight of each finest-level cell over ``num_rays`` random training rays."""
+def sample_weights(field, origins_n: torch.Tensor, dirs: torch.Tensor, background: torch.Tensor,
+                   samples_per_cell: int = 4, max_samples_per_ray: int = 1024):
+    """Every sample of the training marcher on normalised rays at the field's finest LOD, with its rendering
+    weight T (1 - exp(-sigma dt)): ``(points (S, 3), weights (S,))``, or None when no ray meets a cell."""
     from .ops import composite
     from .sampling import raymarch
 
     octree = field.octree
-    level = octree.max_level
     lod = field.num_lods - 1
+    packed = raymarch(octree, origins_n, dirs, field.grid.levels[lod], samples_per_cell=samples_per_cell,
+                      max_samples_per_ray=max_samples_per_ray)
+    if packed.num_samples == 0:
+        return None
+    points = packed.positions(origins_n, dirs)
+    sigma, rgb = field(points, dirs, lod, packed.ray_ids)
+    weights = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
+                        return_weights=True).weights
+    return points, weights
+
+
+def vertex_rows(grid, octree) -> torch.Tensor:
+    """For every vertex of ``octree``'s feature levels (a pruned copy of the grid's octree), its row in the
+    grid's vertex table (vertices of kept cells were vertices before)."""
+    return torch.cat([torch.searchsorted(grid.octree.vertices[level], octree.vertices[level])
+                      + int(grid.flat.vertex_start[k]) for k, level in enumerate(grid.levels)])
+
+
+@torch.no_grad()
+def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 13) -> torch.Tensor:
+    """Max rendering weight of each finest-level cell over ``num_rays`` random training rays."""
+    octree = field.octree
+    level = octree.max_level
     codes = octree.cells[level]
     best = torch.zeros(codes.numel(), device=codes.device)
     num_rays = num_rays or min(data.num_pixels, 1 << 20)
@@ -38,15 +62,11 @@ def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: in
     flat = torch.randperm(data.num_pixels, generator=gen, device=codes.device)[:num_rays]
     for start in range(0, flat.numel(), chunk):
         origins, dirs, _ = data.rays_at(flat[start:start + chunk])
-        o_n = octree.normalize(origins)
-        packed = raymarch(octree, o_n, dirs, level, samples_per_cell=config.samples_per_cell,
-                          max_samples_per_ray=config.max_samples_per_ray)
-        if packed.num_samples == 0:
+        found = sample_weights(field, octree.normalize(origins), dirs, data.background, config.samples_per_cell,
+                               config.max_samples_per_ray)
+        if found is None:
             continue
-        points = packed.positions(o_n, dirs)
-        sigma, rgb = field(points, dirs, lod, packed.ray_ids)
-        w = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, data.background,
-                      return_weights=True).weights
+        points, w = found
         rows = cell_of_points(points, codes, level)
         ok = rows >= 0
         best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")

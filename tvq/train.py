@@ -47,6 +47,7 @@ from .metrics import mse_to_psnr
 from .octree import SparseOctree
 from .optim import LazyRowAdam
 from .profiling import stage
+from .prune import vertex_rows
 from .render import RenderOptions, render_rays
 
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
@@ -446,13 +447,7 @@ class Trainer:
         old_grid = old_field.grid
         new_field = make_field(new_octree, self.config, kind=old_grid.kind)
         new_field.decoder.load_state_dict(old_field.decoder.state_dict())
-        # Row map: each new vertex's row in the old table (vertices of kept cells were vertices before).
-        rows = []
-        for k, level in enumerate(old_grid.levels):
-            old_codes = old_grid.octree.vertices[level]
-            new_codes = new_octree.vertices[level]
-            rows.append(torch.searchsorted(old_codes, new_codes) + int(old_grid.flat.vertex_start[k]))
-        rows = torch.cat(rows)
+        rows = vertex_rows(old_grid, new_octree)  # each new vertex's row in the old table
         new_grid = new_field.grid
         row_params = {"features", "logits"}  # one row per vertex; codebooks and the decoder are kept whole
         old_by_id = {id(p): name for name, p in old_grid.named_parameters()}

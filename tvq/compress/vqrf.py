@@ -127,25 +127,19 @@ def vertex_importance(field, origins: torch.Tensor, dirs: torch.Tensor, backgrou
     """Importance (V,) of every vertex of the field's feature levels over the rays (world-space origins and
     unit directions (R, 3)): each sample of the training marcher (every sample, no early termination)
     weighs T alpha, shared among the 8 corners of its cell at every level by the trilinear weights."""
-    from ..ops import composite, importance
-    from ..sampling import raymarch
+    from ..ops import importance
+    from ..prune import sample_weights
 
     octree = field.octree
-    lod = field.num_lods - 1
-    level = field.grid.levels[lod]
     device = octree.device
     out = torch.zeros(int(field.grid.flat.vertex_start[-1]), device=device)
     for start in range(0, origins.shape[0], chunk):
-        o = octree.normalize(origins[start:start + chunk].to(device).float())
-        d = dirs[start:start + chunk].to(device).float()
-        packed = raymarch(octree, o, d, level, samples_per_cell=samples_per_cell, max_samples_per_ray=1 << 16)
-        if packed.num_samples == 0:
-            continue
-        points = packed.positions(o, d)
-        sigma, rgb = field(points, d, lod, packed.ray_ids)
-        weights = composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background.to(device),
-                            return_weights=True).weights
-        out += importance(points, field.grid.flat, weights.float())
+        found = sample_weights(field, octree.normalize(origins[start:start + chunk].to(device).float()),
+                               dirs[start:start + chunk].to(device).float(), background.to(device),
+                               samples_per_cell, max_samples_per_ray=1 << 16)
+        if found is not None:
+            points, weights = found
+            out += importance(points, field.grid.flat, weights.float())
     return out
 
 
