@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--config", default="{}", help="JSON of extra TrainConfig fields")
+    parser.add_argument("--no-file", action="store_true", help="skip writing each run's .tvq (a recipe study)")
     args = parser.parse_args(argv)
     extra = json.loads(args.config)
     rows = []
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         name = f"{Path(scene).name}-bits{bits}" + (f"-{number}" if own else "")
         config = TrainConfig(**{"bits": bits, "iters": args.iters, "minutes": minutes, **extra, **own})
         t0 = time.perf_counter()
-        metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config)
+        metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config, write_file=not args.no_file)
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["command"] = "python -m benchmarks.train " + " ".join(argv or sys.argv[1:])
         print(name, "\n" + format_table(metrics), flush=True)

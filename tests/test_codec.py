@@ -619,6 +619,8 @@ HEADER_CRAFTS = {  # name: (edit of the finished header, expected message)
     "cells of the level above +1": (_model(("counts", "cells", 3), lambda v: v + 1), "its counts need"),
     "negative count": (_model(("counts", "cells", 2), -1), "counts malformed"),
     "float count": (_model(("counts", "cells", 2), 47.0), "counts malformed"),
+    "unknown density activation": (_model(("decoder", "density"), "softplus"), "decoder shape malformed"),
+    "no density activation": (_model(("decoder", "density"), None), "decoder shape malformed"),
     # chunk lengths against the counts and the file
     "mlp raw_length": (_set(("chunks", 0, "raw_length"), lambda v: v + 2), "claims"),
     "raw-stored chunk lengths differ": (_set(("chunks", 1, "raw_length"), 2), "stored raw but its lengths differ"),

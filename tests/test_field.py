@@ -1,5 +1,6 @@
 """The decoder: per-ray view directions give what per-sample ones give."""
 
+import pytest
 import torch
 
 from tvq.field import Decoder, encode_direction
@@ -43,12 +44,28 @@ def test_per_ray_directions_match_per_sample_directions():
             torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_decoder_gradcheck():
+@pytest.mark.parametrize("density", ["relu", "exp"])
+def test_decoder_gradcheck(density):
     torch.manual_seed(3)
-    decoder = Decoder(16).double()
+    decoder = Decoder(16, density=density).double()
     features, dirs, ray_ids = _inputs(3, 2, seed=4)
     f = features.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: decoder(x, dirs, ray_ids), (f,), eps=1e-6, atol=1e-8)
+
+
+def test_truncated_exp_density():
+    """exp below the clamps; above them the value saturates at exp(30) and the slope at exp(15), so an
+    opaque sample still gets a (bounded) gradient."""
+    from tvq.field import EXP_CLAMP, EXP_GRAD_CLAMP, activate_density
+
+    y = torch.tensor([-3.0, 0.0, 7.0, 20.0, 40.0], dtype=torch.float64, requires_grad=True)
+    sigma = activate_density(y, "exp")
+    sigma.sum().backward()
+    torch.testing.assert_close(sigma.detach(), torch.exp(y.detach().clamp(max=EXP_CLAMP)))
+    torch.testing.assert_close(y.grad, torch.exp(y.detach().clamp(max=EXP_GRAD_CLAMP)))
+    assert torch.isfinite(activate_density(torch.tensor([1e4]), "exp")).all()
+    with pytest.raises(ValueError, match="density"):
+        Decoder(16, density="softplus")
 
 
 def test_two_layer_mlp_matches_autograd_in_chunks():

@@ -15,7 +15,7 @@ from tvq.render import RenderOptions, render_image
 from tvq.sampling import raymarch
 from tvq.train import TrainConfig, Trainer
 
-KINDS = {"raw": (0, False), "vq4": (4, False), "hash3": (3, True)}
+KINDS = {"raw": (0, False, "relu"), "vq4": (4, False, "relu"), "hash3": (3, True, "relu"), "raw-exp": (0, False, "exp")}
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,12 @@ def scene(tmp_path_factory):
     return load_scene(root)
 
 
-def train_tiny(scene, out, bits: int, hashed: bool):
+def train_tiny(scene, out, bits: int, hashed: bool, density: str = "relu"):
     """A model in seconds on the CPU: 3 LODs (levels 3..5), 120 steps, exported to model.tvq; it must
     render something (a field that is still transparent would make every comparison trivial)."""
     trainer = Trainer(scene, TrainConfig(bits=bits, hash=hashed, iters=120, max_level=5, num_lods=3, batch_rays=1024,
-                                         samples_per_cell=2, eval_every=0, vq_warmup=0 if bits and not hashed else None),
+                                         samples_per_cell=2, eval_every=0, vq_warmup=0 if bits and not hashed else None,
+                                         density=density),
                       out)
     trainer.setup()
     trainer.fit()
@@ -44,8 +45,8 @@ def train_tiny(scene, out, bits: int, hashed: bool):
 @pytest.fixture(scope="module", params=list(KINDS))
 def run(request, scene, tmp_path_factory):
     runtime.ensure()
-    bits, hashed = KINDS[request.param]
-    return train_tiny(scene, tmp_path_factory.mktemp(request.param), bits, hashed)
+    bits, hashed, density = KINDS[request.param]
+    return train_tiny(scene, tmp_path_factory.mktemp(request.param), bits, hashed, density)
 
 
 def _compare(model, scene, renderer=None, tol_db=0.1):

@@ -101,8 +101,9 @@ def test_a_checkpoint_from_before_the_newer_options_loads_with_their_defaults(tm
     for name in ADDED_LATER:
         del ckpt["config"][name]
     torch.save(ckpt, tmp_path / "old.pt")
-    old = load_checkpoint(tmp_path / "old.pt")
-    assert TrainConfig(**old["config"]).decoder_hidden == 128
+    old = TrainConfig(**load_checkpoint(tmp_path / "old.pt")["config"])
+    assert old.decoder_hidden == 128 and old.density == "relu" and not old.lazy_rows  # what those runs trained with
+    assert all(getattr(old, name) == value for name, value in ADDED_LATER.items())
     del ckpt["config"]["max_level"]  # an option the format always had is still required
     torch.save(ckpt, tmp_path / "broken.pt")
     with pytest.raises(TvqError, match="config.max_level' is missing"):

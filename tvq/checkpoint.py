@@ -128,8 +128,9 @@ _NESTED = {
 }
 
 
-# Options newer than the checkpoint format: a checkpoint written before them trained with their defaults.
-ADDED_LATER = ("decoder_hidden", "lazy_rows")
+# Options newer than the checkpoint format, with the value a checkpoint written before them trained with
+# (filled in on load, whatever today's default is).
+ADDED_LATER = {"decoder_hidden": 128, "lazy_rows": False, "density": "relu", "adam_beta2": 0.999}
 
 
 def _config_checks() -> dict:
@@ -179,5 +180,7 @@ def validate(ckpt: dict, path: Path) -> None:
         if problem:
             bad(f"config.{name}", problem)
     for name in checks:
-        if name not in ckpt["config"] and name not in ADDED_LATER:
-            raise TvqError(f"{path}: checkpoint field 'config.{name}' is missing")
+        if name not in ckpt["config"]:
+            if name not in ADDED_LATER:
+                raise TvqError(f"{path}: checkpoint field 'config.{name}' is missing")
+            ckpt["config"][name] = ADDED_LATER[name]

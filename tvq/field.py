@@ -13,8 +13,10 @@ features (zero where the level's cell is not occupied). Three ways to hold the v
 A decoded VQ model (``learned=False``) holds the hard b-bit codes as a buffer instead of the logits: it
 renders exactly what the trained model renders, at a fraction of the memory.
 
-The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> 128 (ReLU) -> 4: density (ReLU) and
-colour (sigmoid), shared by every LOD.
+The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> 128 (ReLU) -> 4: density and colour
+(sigmoid), shared by every LOD. The density activation is ``relu`` (the paper's) or ``exp``
+(instant-ngp's): an opaque surface needs sigma dt of a few units in a cell of 2/256, sigma ~ 10^3, which
+a ReLU reaches only through large features and weights, an exponential at an output of ~7.
 """
 
 from __future__ import annotations
@@ -51,10 +53,35 @@ def encode_direction(d: torch.Tensor, num_freqs: int = 4) -> torch.Tensor:
     return torch.cat([d, torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
 
+DENSITIES = ("relu", "exp")
+EXP_CLAMP = 30.0  # exp's argument is clamped here in the forward pass (sigma <= 1e13: opaque, finite)
+EXP_GRAD_CLAMP = 15.0  # and here in its derivative (instant-ngp's truncated exp: no step explodes)
+
+
+class _TruncatedExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(x.clamp(max=EXP_CLAMP))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * torch.exp(x.clamp(max=EXP_GRAD_CLAMP))
+
+
+def activate_density(y: torch.Tensor, density: str) -> torch.Tensor:
+    """sigma from the decoder's raw density output: max(y, 0) or exp(min(y, 30))."""
+    return torch.relu(y) if density == "relu" else _TruncatedExp.apply(y)
+
+
 class Decoder(nn.Module):
-    def __init__(self, feature_dim: int = 16, hidden: int = 128, num_freqs: int = 4):
+    def __init__(self, feature_dim: int = 16, hidden: int = 128, num_freqs: int = 4, density: str = "relu"):
         super().__init__()
-        self.num_freqs = num_freqs
+        if density not in DENSITIES:
+            raise ValueError(f"density must be one of {DENSITIES}, got {density!r}")
+        self.num_freqs, self.density = num_freqs, density
         self.net = nn.Sequential(
             nn.Linear(feature_dim + 3 + 6 * num_freqs, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4)
         )
@@ -68,7 +95,7 @@ class Decoder(nn.Module):
         if ray_ids is not None:
             view = view.index_select(0, ray_ids)
         out = two_layer_mlp(features, view, self.net[0], self.net[2])
-        return torch.relu(out[:, 0]), torch.sigmoid(out[:, 1:])
+        return activate_density(out[:, 0], self.density), torch.sigmoid(out[:, 1:])
 
 
 class FeatureOctree(nn.Module):

@@ -131,7 +131,7 @@ class FastRenderer:
             first, second = decoder.net[0], decoder.net[2]
             F = self.feature_dim
             mlp_dtype = torch.float16 if self.half else torch.float32
-            self.num_freqs = decoder.num_freqs
+            self.num_freqs, self.density = decoder.num_freqs, decoder.density
             self.w1_features = first.weight[:, :F].t().contiguous().to(mlp_dtype)  # (F, H)
             self.w1_view = first.weight[:, F:].t().contiguous().float()  # (P, H)
             self.b1 = first.bias.detach().float().contiguous()
@@ -299,7 +299,7 @@ class FastRenderer:
         samples = work.get("samples", R, torch.int32)[:R]
         codes = self.codes[lod]
         cell_vertices = self.cell_vertices(lod)
-        kernel(self.feature_dim, self.samples_per_cell)(
+        kernel(self.feature_dim, self.samples_per_cell, self.density)(
             origins, dirs, codes, cell_vertices, level, self.max_samples_per_ray, self.baked(lod), self.w1_rows,
             view_bias, self.w2_rows, self.b2_f32, self.eps, colour, trans, depth, samples)
         return {"color": colour + trans[:, None] * bg, "opacity": 1 - trans, "depth": depth / self.octree.scale,
@@ -314,7 +314,7 @@ class FastRenderer:
     def _shade_in_rounds(self, frame: _Frame, origins, dirs, lod: int, bg) -> dict:
         from .kernels.inference import (F_COLOUR, F_DEPTH, F_TRANS, I_COMPOSITED, kernels)
 
-        march, gather, composite = kernels(self.feature_dim)
+        march, gather, composite = kernels(self.feature_dim, self.density)
         self._reset(frame)
         R = origins.shape[0]
         level = self.levels[lod]

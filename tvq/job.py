@@ -63,8 +63,9 @@ class _Progress:
 
 
 def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale: int = 1, resume: bool = False,
-                arch: str | None = None, eval_split: str = "test", log=_log) -> dict:
-    """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes."""
+                arch: str | None = None, eval_split: str = "test", log=_log, write_file: bool = True) -> dict:
+    """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes
+    (with the .tvq file's sizes unless ``write_file`` is off: a study that compares training recipes)."""
     config.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -120,6 +121,9 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
         "history": trainer.history,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
     }
+    if not write_file:
+        write_json(out_dir / "metrics.json", metrics)
+        return metrics
     metrics["file"] = write_model_file(trainer, out_dir / "model.tvq")
     lod_bytes = [lod["end"] for lod in metrics["file"]["lods"]]
     for row, end in zip(metrics["lods"], lod_bytes):
@@ -141,15 +145,16 @@ def write_model_file(trainer: Trainer, path: Path) -> dict:
 
 
 def format_table(metrics: dict) -> str:
-    file = metrics["file"]
+    file = metrics.get("file")  # absent for a run without its file (a recipe study)
     lines = [f"{'LOD':>4} {'level':>5} {'PSNR':>7} {'SSIM':>6} {'KiB':>9}"]
     levels = metrics["config"]["max_level"] - metrics["config"]["num_lods"] + 1
     for row in metrics["lods"]:
-        lines.append(f"{row['lod']:>4} {levels + row['lod']:>5} {row['psnr']:>7.2f} {row['ssim']:>6.4f} "
-                     f"{row['bytes'] / 1024:>9.1f}")
-    parts = ", ".join(f"{k} {v / 1024:.1f}" for k, v in file["components"].items() if v)
-    lines.append(f"model.tvq: {file['file_bytes'] / 1024:.1f} KiB ({metrics['kind']}, bits={metrics['bits']}; KiB: "
-                 f"{parts})")
+        size = f"{row['bytes'] / 1024:>9.1f}" if "bytes" in row else f"{'-':>9}"
+        lines.append(f"{row['lod']:>4} {levels + row['lod']:>5} {row['psnr']:>7.2f} {row['ssim']:>6.4f} {size}")
+    if file is not None:
+        parts = ", ".join(f"{k} {v / 1024:.1f}" for k, v in file["components"].items() if v)
+        lines.append(f"model.tvq: {file['file_bytes'] / 1024:.1f} KiB ({metrics['kind']}, bits={metrics['bits']}; "
+                     f"KiB: {parts})")
     lines.append(f"octree: {metrics['octree']}")
     lines.append(f"trained {metrics['iterations']} steps in {metrics['train_seconds']:.1f} s on {metrics['device']}")
     return "\n".join(lines)

@@ -42,7 +42,7 @@ from . import checkpoint, runtime
 from .data.rays import rays_for_views
 from .data.scene import Scene
 from .errors import TvqError
-from .field import Decoder, FeatureOctree, RadianceField
+from .field import DENSITIES, Decoder, FeatureOctree, RadianceField
 from .metrics import mse_to_psnr
 from .octree import SparseOctree
 from .optim import LazyRowAdam
@@ -61,6 +61,7 @@ class TrainConfig:
     num_lods: int = 4
     feature_dim: int = 16
     decoder_hidden: int = 128  # width of the decoder MLP's hidden layer
+    density: str = "relu"  # the decoder's density activation: relu (paper) or exp (tvq.field)
     octree_from: str = "auto"  # auto | depth | masks
     dilate: int = 0  # dilate the depth octree by whole cells at the finest level
     iters: int = 2000
@@ -68,6 +69,7 @@ class TrainConfig:
     batch_rays: int = 1 << 14
     lr: float = 1e-3
     grid_lr_scale: float = 100.0
+    adam_beta2: float = 0.999  # Adam's second-moment decay (instant-ngp: 0.99)
     lr_decay: float = 1.0  # learning rate at the end of the budget, relative to the start (1: constant, paper)
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
     samples_per_cell: int = 4
@@ -97,6 +99,8 @@ class TrainConfig:
             raise TvqError(f"--iters must be at least 1 (with --minutes it is the cap), got {self.iters}")
         if self.minutes is not None and not self.minutes > 0:
             raise TvqError(f"--minutes must be positive, got {self.minutes}")
+        if not 0 < self.adam_beta2 < 1:
+            raise TvqError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
         if not 0 < self.lr_decay <= 1:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.vq_warmup is not None and not 0 <= self.vq_warmup < 1:
@@ -105,6 +109,8 @@ class TrainConfig:
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
+        if self.density not in DENSITIES:
+            raise TvqError(f"--density must be one of {', '.join(DENSITIES)}, got {self.density!r}")
         if not 8 <= self.decoder_hidden <= 1024:
             raise TvqError(f"decoder_hidden must be in 8..1024, got {self.decoder_hidden}")
 
@@ -200,7 +206,8 @@ def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = Non
     grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=kind,
                          bits=0 if kind == "raw" else config.bits, seed=config.seed)
     torch.manual_seed(config.seed)
-    return RadianceField(grid, Decoder(config.feature_dim, hidden=config.decoder_hidden)).to(octree.device)
+    return RadianceField(grid, Decoder(config.feature_dim, hidden=config.decoder_hidden,
+                                                   density=config.density)).to(octree.device)
 
 
 def octree_state(octree: SparseOctree) -> dict:
@@ -305,12 +312,12 @@ class Trainer:
         ]
         # fused: one kernel for all parameters instead of several per tensor
         optimizer = LazyRowAdam if c.lazy_rows else torch.optim.Adam
-        return optimizer(groups, eps=1e-15, fused=self.device.type == "cuda")
+        return optimizer(groups, betas=(0.9, c.adam_beta2), eps=1e-15, fused=self.device.type == "cuda")
 
     def _restore(self, ckpt: dict) -> None:
         saved = TrainConfig(**ckpt["config"])
         # Budget options may change on resume; everything that shapes the model must not.
-        for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "decoder_hidden", "seed"):
+        for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "decoder_hidden", "density", "seed"):
             if getattr(saved, key) != getattr(self.config, key):
                 raise TvqError(f"{self.checkpoint_path}: checkpoint has {key}={getattr(saved, key)}, "
                                f"the command asks for {getattr(self.config, key)}")

@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from ..field import Decoder, FeatureOctree, RadianceField, spatial_hash
+from ..field import DENSITIES, Decoder, FeatureOctree, RadianceField, spatial_hash
 from ..octree import SparseOctree, child_cells, level_vertices, _as_center
 from . import bitpack, entropy
 from .container import Chunk, FormatError, _lod_ends
@@ -173,7 +173,7 @@ def model_header(field: RadianceField, kind: str, bits: int = 0, rank: int = 0, 
         "max_level": octree.max_level, "num_lods": grid.num_lods, "levels": list(grid.levels),
         "seed": int(getattr(grid, "seed", 0)),
         "decoder": {"inputs": first.in_features, "hidden": first.out_features, "outputs": 4,
-                    "num_freqs": decoder.num_freqs, "density": "relu", "color": "sigmoid", "weights": mlp},
+                    "num_freqs": decoder.num_freqs, "density": decoder.density, "color": "sigmoid", "weights": mlp},
         "normalization": {"center": [float(x) for x in octree.center.tolist()], "scale": float(octree.scale)},
         "counts": {"cells": [octree.num_cells(l) for l in range(octree.max_level + 1)],
                    "vertices": [octree.num_vertices(l) for l in grid.levels]},
@@ -259,7 +259,8 @@ def check_model(header: dict, name: str) -> None:
     d = m.get("decoder")
     if (not isinstance(d, dict) or not _int(d.get("hidden"), 1, 4096) or not _int(d.get("num_freqs"), 0, 16)
             or d.get("inputs") != m["feature_dim"] + 3 + 6 * d["num_freqs"] or d.get("outputs") != 4
-            or d.get("weights", "fp16") not in MLP_WEIGHTS):
+            or d.get("weights", "fp16") not in MLP_WEIGHTS or d.get("density") not in DENSITIES
+            or d.get("color") != "sigmoid"):
         bad("decoder shape malformed")
     norm = m.get("normalization")
     if (not isinstance(norm, dict) or not isinstance(norm.get("center"), list) or len(norm["center"]) != 3
@@ -380,7 +381,7 @@ class ModelAssembler:
         kind, level, m = entry["kind"], entry["level"], self.model
         if kind == "mlp":
             d = m["decoder"]
-            decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
+            decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"], density=d["density"])
             self.mlp_steps = load_mlp(decoder, raw, d.get("weights", "fp16"))
             self.decoder = decoder
         elif kind == "mlp-refine":
@@ -437,7 +438,7 @@ class ModelAssembler:
 
     def _decoder_copy(self) -> Decoder:
         d = self.model["decoder"]
-        copy = Decoder(self.model["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"])
+        copy = Decoder(self.model["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"], density=d["density"])
         copy.load_state_dict(self.decoder.state_dict())
         return copy
 

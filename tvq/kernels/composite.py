@@ -45,6 +45,25 @@ import taichi as ti
 
 from .launch import lean
 
+
+def density_activation(density: str, real):
+    """The decoder's density activation as a Taichi function of its raw output y (``tvq.field``):
+    max(y, 0), or exp(min(y, 30))."""
+    if density not in ("relu", "exp"):
+        raise ValueError(f"unknown density activation {density!r}")
+
+    @ti.func
+    def activate(y):
+        sigma = real(0.0)
+        if ti.static(density == "relu"):
+            sigma = ti.max(y, real(0.0))
+        else:
+            sigma = ti.exp(ti.min(y, real(30.0)))
+        return sigma
+
+    return activate
+
+
 # Columns of the per-ray output.
 COLOUR, OPACITY, DEPTH, TRANS = 0, 3, 4, 5
 OUT_COLUMNS = 6

@@ -20,7 +20,8 @@ rounds over the rays still alive, with a per-ray state kept between rounds:
 3. The MLP runs in torch on the compact rows (``tvq.infer``).
 4. ``composite``: one thread per alive ray continues the front-to-back sum of ``tvq.kernels.composite``
    with its carried transmittance T, colour C and depth D, over the round's samples, with sigma =
-   max(y0, 0) and c = sigmoid(y1..3) of the MLP's raw outputs y, stopping after the first sample that
+   max(y0, 0) or exp(min(y0, 30)) (the decoder's density activation) and c = sigmoid(y1..3) of the MLP's
+   raw outputs y, stopping after the first sample that
    leaves T < eps. A ray stays alive while T >= eps and its walk has samples left.
 
 Early termination therefore also ends the marching and the MLP of a ray (up to the rest of one round),
@@ -35,6 +36,7 @@ import functools
 
 import taichi as ti
 
+from .composite import density_activation
 from .gather import CELL_HI, CELL_LO, META, N_CELLS, N_LEVELS, RES, corner_vertex, corner_weight, level_info
 from .launch import lean
 from .morton import find_code, morton3
@@ -49,8 +51,9 @@ STATE_COLUMNS = 8
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(F: int):
-    """``(march, gather, composite)`` for float32 features of dimension ``F``."""
+def kernels(F: int, density: str = "relu"):
+    """``(march, gather, composite)`` for float32 features of dimension ``F`` and the decoder's ``density``
+    activation."""
     real = ti.f32
     vec3 = ti.types.vector(3, real)
     ivec3 = ti.types.vector(3, ti.i32)
@@ -62,6 +65,7 @@ def kernels(F: int):
     i2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
     i64_1 = ti.types.ndarray(dtype=ti.i64, ndim=1)
     table_t = ti.types.ndarray(dtype=vecF, ndim=1)
+    activate = density_activation(density, real)
 
     @ti.kernel
     def march(origins: rays_t, dirs: rays_t, codes: i64_1, level: ti.i32, n: ti.i32, max_per_ray: ti.i32,
@@ -198,7 +202,7 @@ def kernels(F: int):
             n = counts[a]
             while j < n:
                 y = ti.Vector([out[start + j, 0], out[start + j, 1], out[start + j, 2], out[start + j, 3]])
-                sigma = ti.max(y[0], real(0.0))
+                sigma = activate(y[0])
                 c = vec3(1.0 / (1.0 + ti.exp(-y[1])), 1.0 / (1.0 + ti.exp(-y[2])), 1.0 / (1.0 + ti.exp(-y[3])))
                 e = ti.exp(-sigma * dt_buf[base + j])
                 w = trans * (1 - e)

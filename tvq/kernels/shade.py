@@ -6,7 +6,7 @@ cell [t0, t1] as ``tvq.kernels.raymarch``), and for each sample in turn
 
     z = sum_c w_c(x) B[v_c]                        (trilinear over the cell's 8 corners, x = o + t d)
     y = W2 relu(W1_f z + u_ray) + b2               (u_ray = W1_v PE(d) + b1: the view part, once per ray)
-    sigma = max(y_0, 0),  c = sigmoid(y_1..3)
+    sigma = max(y_0, 0) or exp(min(y_0, 30)),  c = sigmoid(y_1..3)   (the decoder's density activation)
     C += T (1 - e^{-sigma dt}) c,  D += T (1 - e^{-sigma dt}) t,  T *= e^{-sigma dt}
 
 ending after the first sample that leaves T < eps (or at ``max_per_ray`` samples). No sample is written
@@ -32,6 +32,7 @@ import functools
 
 import taichi as ti
 
+from .composite import density_activation
 from .gather import corner_weight
 from .launch import lean
 from .walk import block_exit, clip, entry_cell, locate, next_cell
@@ -41,8 +42,9 @@ MAX_BATCH = 8  # samples per cell the kernel decodes together (its registers hol
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(F: int, n: int):
-    """The kernel for F-dimensional features and ``n`` samples per cell (1 <= n <= ``MAX_BATCH``)."""
+def kernel(F: int, n: int, density: str = "relu"):
+    """The kernel for F-dimensional features, ``n`` samples per cell (1 <= n <= ``MAX_BATCH``) and the
+    decoder's ``density`` activation (relu or exp)."""
     if not 1 <= n <= MAX_BATCH:
         raise ValueError(f"the fused kernel takes 1..{MAX_BATCH} samples per cell, not {n}")
     real = ti.f32
@@ -55,6 +57,7 @@ def kernel(F: int, n: int):
     i2 = ti.types.ndarray(dtype=ti.i32, ndim=2)
     i64_1 = ti.types.ndarray(dtype=ti.i64, ndim=1)
     table_t = ti.types.ndarray(dtype=vecF, ndim=1)
+    activate = density_activation(density, real)
 
     @ti.kernel
     def shade(origins: rays_t, dirs: rays_t, codes: i64_1, cell_vertices: i2, level: ti.i32, max_per_ray: ti.i32,
@@ -115,7 +118,7 @@ def kernel(F: int, n: int):
                         for k in ti.static(range(n)):
                             if marching and count < max_per_ray:
                                 count += 1
-                                sigma = ti.max(y[k, 0] + b2[0], real(0.0))
+                                sigma = activate(y[k, 0] + b2[0])
                                 rgb = vec3(1.0 / (1.0 + ti.exp(-(y[k, 1] + b2[1]))),
                                            1.0 / (1.0 + ti.exp(-(y[k, 2] + b2[2]))),
                                            1.0 / (1.0 + ti.exp(-(y[k, 3] + b2[3]))))
