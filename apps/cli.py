@@ -35,6 +35,11 @@ class Arch(str, Enum):
     cpu = "cpu"
 
 
+class Density(str, Enum):
+    relu = "relu"
+    exp = "exp"
+
+
 class OctreeSource(str, Enum):
     auto = "auto"
     depth = "depth"
@@ -141,6 +146,12 @@ def train_cmd(
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
+    density: Density = typer.Option(Density.relu, "--density", help="Decoder density activation: relu (paper) or exp "
+                                    "(a truncated exponential: sharper surfaces)."),
+    decoder_hidden: int = typer.Option(128, "--decoder-hidden", help="Width of the decoder MLP's hidden layer."),
+    adam_beta2: float = typer.Option(0.999, "--adam-beta2", help="Adam's second-moment decay."),
+    random_background: bool = typer.Option(False, "--random-background", help="Composite each training ray on a random "
+                                           "colour (needs alpha masks in every training view)."),
     octree: OctreeSource = typer.Option(OctreeSource.auto, "--octree",
                                         help="Octree source: depth maps, masks (visual hull), or auto (depth if present)."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
@@ -158,7 +169,8 @@ def train_cmd(
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
                          batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup,
                          samples_per_cell=samples_per_cell, octree_from=octree.value, prune_at=steps, eval_every=eval_every,
-                         seed=seed)
+                         seed=seed, density=density.value, decoder_hidden=decoder_hidden, adam_beta2=adam_beta2,
+                         random_background=random_background)
     metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=_value(arch))
     typer.echo(format_table(metrics))
     typer.echo(f"metrics: {out / 'metrics.json'}   renders: {out / 'renders'}   checkpoint: {out / 'checkpoint.pt'}")

@@ -6,11 +6,12 @@ bitwidth, after a warm-up past the last pruning (the steady state), in one run a
         --out /tmp/profile.json   # CPU smoke
 
 Per bitwidth: ``wall_ms`` per step (steps queued back to back, one sync at the end: what training sees),
-``gpu_busy_ms`` per step (the sum of all kernel times, torch's and Taichi's, from the CUDA profiler), the
-host-overhead share ``1 - gpu_busy / wall`` (the time the GPU waits for the host), and per stage the host
-time (``cpu_ms``: Python and launch work inside the stage's range) and the GPU time of the kernels
-launched inside it (``gpu_ms``; CUDA only). Stages nest as the step runs them: march, features, decoder
-and composite make up the forward pass; backward includes every kernel's backward.
+``gpu_busy_ms`` per step (the sum of all kernel and copy times, torch's and Taichi's, from the CUDA
+profiler; annotations not counted), the host-overhead share ``1 - gpu_busy / wall`` (the time the GPU
+waits for the host), and per stage (``tvq.profiling.StageTimes``, a separate pass) the host time
+(``cpu_ms``: Python and launch work inside the stage) and the GPU time of its kernels in stream order
+(``gpu_ms``; CUDA only). march, features, decoder and composite make up the forward pass; backward
+includes every kernel's backward.
 """
 
 from __future__ import annotations
@@ -26,15 +27,7 @@ import torch
 
 from benchmarks._timing import device_name, sync, write_json
 from tvq import runtime
-from tvq.profiling import STAGES
-
-
-def _device_us(evt) -> float:
-    return float(getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0) or 0)
-
-
-def _self_device_us(evt) -> float:
-    return float(getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0) or 0)
+from tvq.profiling import STAGES, StageTimes
 
 
 def profile_run(scene, bits: int, warmup_steps: int, steps: int, overrides: dict, device) -> dict:
@@ -61,18 +54,18 @@ def profile_run(scene, bits: int, warmup_steps: int, steps: int, overrides: dict
         run(steps)
         sync(device)
         wall_ms = (time.perf_counter() - start) * 1e3 / steps
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
+        with StageTimes(device) as times:
             run(steps)
-            sync(device)
-        events = prof.key_averages()
-        stages = {}
-        for evt in events:
-            if evt.key.startswith("tvq/") and evt.key[4:] in STAGES:
-                stages[evt.key[4:]] = {"cpu_ms": evt.cpu_time_total / 1e3 / steps,
-                                       "gpu_ms": _device_us(evt) / 1e3 / steps if device.type == "cuda" else None,
-                                       "calls_per_step": evt.count / steps}
-        gpu_busy = sum(_self_device_us(e) for e in events) / 1e3 / steps if device.type == "cuda" else None
+        gpu = times.gpu_ms()
+        stages = {name: {"cpu_ms": ms / steps, "gpu_ms": gpu[name] / steps if name in gpu else None,
+                         "calls_per_step": times.calls[name] / steps} for name, ms in times.host.items()}
+        gpu_busy = None
+        if device.type == "cuda":
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                run(steps)
+                sync(device)
+            gpu_busy = sum(e.time_range.elapsed_us() for e in prof.events()
+                           if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation) / 1e3 / steps
         grid = trainer.field.grid
         return {
             "bits": bits, "kind": grid.kind, "steps_profiled": steps, "warmup_steps": warmup_steps,

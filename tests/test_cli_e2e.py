@@ -177,3 +177,27 @@ def test_eval_writes_the_rate_distortion_table_and_plot(trained, raw_run, tvq, t
     assert "n/a" in proc.stderr  # says how to provide LPIPS weights
     bad = tvq("eval", files[0], "--scene", root / "scene", "--out", tmp_path / "x", "--ref", "a:b")
     assert bad.returncode == 2 and "NAME:BYTES:PSNR" in bad.stderr
+
+
+def test_train_recipe_options_reach_the_model(trained, tvq):
+    """--density, --decoder-hidden, --adam-beta2 and --random-background as a user types them: the run
+    trains with them, its file's header carries the density, and bad values are one-line errors."""
+    from tvq.export import open_model
+
+    root, _ = trained
+    run = tvq("train", root / "scene", "--out", root / "exp", "--bits", 0, "--iters", 20, "--max-level", 5,
+              "--num-lods", 2, "--batch-rays", 512, "--samples-per-cell", 2, "--eval-every", 0, "--arch", "cpu",
+              "--density", "exp", "--decoder-hidden", 32, "--adam-beta2", 0.99, "--random-background")
+    assert run.returncode == 0, run.stderr
+    config = json.loads((root / "exp" / "metrics.json").read_text())["config"]
+    assert (config["density"], config["decoder_hidden"], config["adam_beta2"], config["random_background"]) == (
+        "exp", 32, 0.99, True)
+    model = open_model(root / "exp" / "model.tvq")
+    assert model.header["model"]["decoder"]["density"] == "exp" and model.field.decoder.density == "exp"
+    usage = tvq("train", root / "scene", "--out", root / "bad", "--density", "softplus")  # a choice: a usage error
+    assert usage.returncode == 2 and usage.stderr.startswith("Usage: tvq") and "'relu', 'exp'" in usage.stderr
+    for args, needle in ((["--adam-beta2", "1.5"], "--adam-beta2"), (["--decoder-hidden", "4"], "--decoder-hidden")):
+        bad = tvq("train", root / "scene", "--out", root / "bad", "--iters", 2, "--arch", "cpu", *args)
+        assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert not (root / "bad").exists()

@@ -128,6 +128,35 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
     for bits, hash_, warmup in ((0, False, 0.3), (4, True, 0.3), (4, False, 1.0)):
         with pytest.raises(TvqError, match="--vq-warmup"):
             TrainConfig(bits=bits, hash=hash_, vq_warmup=warmup).validate()
+    with pytest.raises(TvqError, match="--density"):
+        TrainConfig(density="softplus").validate()
+    with pytest.raises(TvqError, match="--adam-beta2"):
+        TrainConfig(adam_beta2=1.0).validate()
+
+
+def test_random_background_targets_composite_on_each_rays_colour(tiny_scene, tmp_path):
+    """target = C_fg + (1 - alpha) bg_ray: an opaque pixel keeps its colour, an empty one shows its ray's
+    random colour, and the colour the images were composited on is taken out exactly."""
+    runtime.init()
+    trainer = Trainer(tiny_scene, TrainConfig(bits=0, iters=1, random_background=True, **TINY), tmp_path)
+    data = trainer.data
+    assert data.alphas is not None
+    gen = torch.Generator().manual_seed(0)
+    _, _, target, background = data.sample(4096, gen, random_background=True)
+    gen.manual_seed(0)
+    _, _, plain, same = data.sample(4096, gen)  # the same rays on the scene's own background
+    assert torch.equal(same, data.background) and background.shape == (4096, 3)
+    flat = torch.randint(0, data.num_pixels, (4096,), generator=torch.Generator().manual_seed(0))
+    alpha = data.alphas.view(-1)[flat][:, None]
+    torch.testing.assert_close(target, plain - (1 - alpha) * data.background + (1 - alpha) * background)
+    empty, opaque = alpha[:, 0] == 0, alpha[:, 0] == 1
+    assert empty.any() and opaque.any()
+    torch.testing.assert_close(target[empty], background[empty])
+    torch.testing.assert_close(target[opaque], plain[opaque])
+    assert background.std() > 0.2  # random colours, not one
+    trainer.setup()
+    trainer.fit()
+    assert math.isfinite(trainer.last_loss)
 
 
 def test_resume_refuses_other_data(tiny_scene, tmp_path):

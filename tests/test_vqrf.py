@@ -199,7 +199,7 @@ def test_fine_tuning_lowers_the_loss_with_the_assignments_unchanged(tmp_path):
     optimizer = torch.optim.Adam([{"params": grid.grid_parameters(), "lr": 0.05},
                                   {"params": field.decoder.parameters(), "lr": 1e-3}])
     gen = torch.Generator().manual_seed(0)
-    origins, dirs, target = trainer.data.sample(2048, gen)  # one fixed batch: the loss must go down on it
+    origins, dirs, target, _ = trainer.data.sample(2048, gen)  # one fixed batch: the loss must go down on it
     options = RenderOptions(samples_per_cell=2)
     losses = []
     for step in range(30):

@@ -83,6 +83,7 @@ class TrainConfig:
     checkpoint_seconds: float = 60.0  # and at least this much training time apart (a VQ checkpoint is ~1 GB)
     mask_threshold: float = 0.5
     lazy_rows: bool = False  # grid rows no sample touched keep their values and Adam moments (tvq.optim)
+    random_background: bool = False  # composite each training ray on a random colour (needs alpha masks)
 
     def validate(self) -> None:
         if self.bits < 0 or self.bits > 12:
@@ -100,7 +101,7 @@ class TrainConfig:
         if self.minutes is not None and not self.minutes > 0:
             raise TvqError(f"--minutes must be positive, got {self.minutes}")
         if not 0 < self.adam_beta2 < 1:
-            raise TvqError(f"adam_beta2 must be in (0, 1), got {self.adam_beta2}")
+            raise TvqError(f"--adam-beta2 must be in (0, 1), got {self.adam_beta2}")
         if not 0 < self.lr_decay <= 1:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.vq_warmup is not None and not 0 <= self.vq_warmup < 1:
@@ -112,7 +113,7 @@ class TrainConfig:
         if self.density not in DENSITIES:
             raise TvqError(f"--density must be one of {', '.join(DENSITIES)}, got {self.density!r}")
         if not 8 <= self.decoder_hidden <= 1024:
-            raise TvqError(f"decoder_hidden must be in 8..1024, got {self.decoder_hidden}")
+            raise TvqError(f"--decoder-hidden must be in 8..1024, got {self.decoder_hidden}")
 
     @property
     def kind(self) -> str:
@@ -126,18 +127,21 @@ class TrainConfig:
 class RayData:
     """All pixels of a set of views on the device, for uniform ray sampling."""
 
-    images: torch.Tensor  # (V, H, W, 3) float32
+    images: torch.Tensor  # (V, H, W, 3) float32, composited on ``background``
     Ks: torch.Tensor  # (V, 3, 3)
     c2ws: torch.Tensor  # (V, 4, 4)
     background: torch.Tensor  # (3,)
+    alphas: torch.Tensor | None = None  # (V, H, W) float32, when every view has one and they are asked for
 
     @classmethod
-    def from_views(cls, views, background, device) -> "RayData":
+    def from_views(cls, views, background, device, alphas: bool = False) -> "RayData":
+        keep_alpha = alphas and all(v.alpha is not None for v in views)
         return cls(
             images=torch.from_numpy(np.stack([v.image for v in views])).to(device),
             Ks=torch.from_numpy(np.stack([v.K for v in views])).float().to(device),
             c2ws=torch.from_numpy(np.stack([v.c2w for v in views])).float().to(device),
             background=torch.as_tensor(background, dtype=torch.float32, device=device),
+            alphas=torch.from_numpy(np.stack([v.alpha for v in views])).to(device) if keep_alpha else None,
         )
 
     @property
@@ -145,11 +149,18 @@ class RayData:
         v, h, w, _ = self.images.shape
         return v * h * w
 
-    def sample(self, n: int, generator: torch.Generator):
-        """n random rays over all pixels: origins, directions, target colours."""
+    def sample(self, n: int, generator: torch.Generator, random_background: bool = False):
+        """n random rays over all pixels: origins, directions, target colours and the background each
+        target is composited on: the scene's, or with ``random_background`` (and alphas) a random colour
+        per ray, so that only zero opacity renders any background right (instant-ngp's trick)."""
         v, h, w, _ = self.images.shape
         flat = torch.randint(0, v * h * w, (n,), generator=generator, device=generator.device)
-        return self.rays_at(flat)
+        origins, dirs, target = self.rays_at(flat)
+        if not random_background or self.alphas is None:
+            return origins, dirs, target, self.background
+        background = torch.rand(n, 3, generator=generator, device=generator.device)
+        alpha = self.alphas.view(-1)[flat]
+        return origins, dirs, target + (1 - alpha)[:, None] * (background - self.background), background
 
     def rays_at(self, flat: torch.Tensor):
         v, h, w, _ = self.images.shape
@@ -273,7 +284,9 @@ class Trainer:
         if len(sizes) > 1:
             raise TvqError(f"{scene.root}: training views differ in size ({', '.join(f'{w}x{h}' for w, h in sizes)}); "
                            "tvq needs one image size per scene")
-        self.data = RayData.from_views(train_views, scene.background, self.device)
+        self.data = RayData.from_views(train_views, scene.background, self.device, alphas=config.random_background)
+        if config.random_background and self.data.alphas is None:
+            raise TvqError(f"{scene.root}: --random-background needs an alpha mask in every training view")
         self.generator = torch.Generator(device=self.device)  # re-seeded every step from (seed, step)
         self.lod_probs = lod_probabilities(config.num_lods)
         self.step = 0
@@ -386,10 +399,10 @@ class Trainer:
         lod = int(rng.choice(c.num_lods, p=self.lod_probs))
         self.generator.manual_seed(int(rng.integers(1 << 62)))
         with stage("sample"):
-            origins, dirs, target = self.data.sample(c.batch_rays, self.generator)
+            origins, dirs, target, background = self.data.sample(c.batch_rays, self.generator, c.random_background)
         options = RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
                                 jitter=True)
-        out = render_rays(self.field, origins, dirs, lod, self.data.background, options,
+        out = render_rays(self.field, origins, dirs, lod, background, options,
                           seed=int(rng.integers(1 << 31)))
         with stage("loss"):
             loss = torch.mean((out["color"] - target) ** 2)
