@@ -354,6 +354,7 @@ def view_cmd(
 class Method(str, Enum):
     kmeans = "kmeans"
     lra = "lra"
+    vqrf = "vqrf"
 
 
 @app.command("compress")
@@ -361,20 +362,43 @@ def compress_cmd(
     checkpoint: Path = typer.Argument(..., help="A checkpoint of an uncompressed model (tvq train --bits 0)."),
     out: Path = typer.Option(..., "--out", "-o", help="The .tvq file to write."),
     method: Method = typer.Option(..., "--method", help="kmeans: k-means VQ of the trained features (kmVQ); "
-                                  "lra: low-rank KLT truncation."),
+                                  "lra: low-rank KLT truncation; vqrf: importance pruning, weighted codebooks, "
+                                  "8-bit kept features and fine-tuning (VQRF)."),
     bits: int = typer.Option(6, "--bits", help="kmeans: index bits (2^bits codes per level)."),
     rank: int = typer.Option(4, "--rank", help="lra: components kept per level."),
+    scene: Optional[Path] = typer.Option(None, "--scene", help="vqrf: the scene it was trained on (default: the "
+                                         "folder the checkpoint names)."),
+    downscale: int = typer.Option(1, "--downscale", min=1, help="vqrf: the --downscale it was trained with."),
+    prune: float = typer.Option(0.001, "--prune", help="vqrf: beta_p, the share of a level's importance pruned."),
+    keep: float = typer.Option(0.6, "--keep", help="vqrf: beta_k; vertices above this importance quantile "
+                               "stay unquantised (8 bits)."),
+    codebook: int = typer.Option(4096, "--codebook", help="vqrf: codes per level at most."),
+    finetune_steps: int = typer.Option(2000, "--finetune-steps", help="vqrf: joint fine-tuning steps."),
+    importance_rays: Optional[int] = typer.Option(None, "--importance-rays", min=1,
+                                                  help="vqrf: training rays for the importance (default: all)."),
     no_entropy: bool = typer.Option(False, "--no-entropy", help="Write the raw layout (no per-chunk entropy coding; "
                                     "fp16 MLP unless --mlp says otherwise)."),
     mlp: Optional[MlpWeights] = MlpOption,
     seed: int = typer.Option(0, "--seed", help="k-means seed."),
 ) -> None:
-    """Compress a trained uncompressed model after training into a .tvq (the paper's post-hoc baselines)."""
+    """Compress a trained uncompressed model after training into a .tvq (the paper's post-hoc baselines, VQRF)."""
     from tvq.compress import compress_checkpoint
+    from tvq.compress.vqrf_model import VqrfOptions
 
+    options = VqrfOptions(prune=prune, keep=keep, codebook=codebook, finetune_steps=finetune_steps,
+                          importance_rays=importance_rays, seed=seed)
     report = compress_checkpoint(checkpoint, _tvq_path(out), method.value, bits=bits, rank=rank,
                                  entropy=not no_entropy, mlp=_mlp(mlp, no_entropy), seed=seed,
-                                 log=lambda m: typer.echo(m, err=True))
+                                 log=lambda m: typer.echo(m, err=True), scene=scene, downscale=downscale,
+                                 vqrf=options)
+    if method is Method.vqrf:
+        for row in report["levels"]:
+            typer.echo(f"level {row['level']}: {row['vertices']:,} vertices: {row['pruned']:,} pruned (0), "
+                       f"{row['quantised']:,} quantised, {row['kept']:,} kept (8-bit)")
+        if report["psnr_before"] is not None:
+            typer.echo(f"PSNR on {report['eval_views']} test views, finest LOD: {report['psnr_before']:.2f} dB before, "
+                       f"{report['psnr_after']:.2f} dB after")
+        typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
     typer.echo(_size_line(out, report) + f" in {report['compress_seconds']:.1f} s")
 
 

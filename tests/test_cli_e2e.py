@@ -201,3 +201,37 @@ def test_train_recipe_options_reach_the_model(trained, tvq):
         assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     assert not (root / "bad").exists()
+
+
+def test_compress_vqrf_end_to_end(trained, tvq):
+    """tvq compress --method vqrf as a user types it: a summary per level, PSNR before and after, a file
+    smaller than the model it compresses that renders every LOD; bad input is a one-line error."""
+    from tvq.export import open_model
+
+    root, _ = trained
+    run = tvq("train", root / "scene", "--out", root / "vqrf-base", "--bits", 0, "--iters", 100, "--max-level", 5,
+              "--num-lods", 2, "--batch-rays", 1024, "--samples-per-cell", 2, "--eval-every", 0, "--arch", "cpu",
+              "--density", "exp")
+    assert run.returncode == 0, run.stderr
+    ckpt = root / "vqrf-base" / "checkpoint.pt"
+    out = root / "vqrf.tvq"
+    done = tvq("compress", ckpt, "--out", out, "--method", "vqrf", "--finetune-steps", 20, "--codebook", 64,
+               "--prune", 0.05)
+    assert done.returncode == 0, done.stderr
+    assert "level 5:" in done.stdout and "pruned" in done.stdout and "kept (8-bit)" in done.stdout
+    assert "dB before" in done.stdout and "fine-tune" in done.stderr and "importance of" in done.stderr
+    assert out.stat().st_size < (root / "vqrf-base" / "model.tvq").stat().st_size
+    model = open_model(out)
+    assert model.header["model"]["kind"] == "vqrf" and model.lods == 2
+    for lod in (0, 1):
+        frames = tvq("render", out, "--out", root / f"vqrf-lod{lod}", "--orbit", 1, "--lod", lod)
+        assert frames.returncode == 0, frames.stderr
+        assert len(list((root / f"vqrf-lod{lod}").glob("*.png"))) == 1
+    for args, needle in ((["--prune", 0.9, "--keep", 0.5], "--prune"), (["--codebook", 1], "--codebook"),
+                         (["--scene", root / "nowhere"], "nowhere")):
+        bad = tvq("compress", ckpt, "--out", root / "bad.tvq", "--method", "vqrf", *args)
+        assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    vq = tvq("compress", root / "run" / "checkpoint.pt", "--out", root / "bad.tvq", "--method", "vqrf")
+    assert vq.returncode == 2 and "--bits 0" in vq.stderr and len(vq.stderr.strip().splitlines()) == 1
+    assert not (root / "bad.tvq").exists()

@@ -62,6 +62,35 @@ class _Progress:
             self.rich.stop()
 
 
+class Bar:
+    """A progress bar for one stage of longer work (``label``, ``total`` units): rich on a terminal, a line
+    every 10% otherwise. ``bar(done, info="")`` updates it; ``close()`` ends it."""
+
+    def __init__(self, label: str, total: int, log=_log):
+        self.label, self.total, self.log, self.tick, self.rich = label, max(int(total), 1), log, -1, None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.rich = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+            self.task = self.rich.add_task(label, total=self.total, info="")
+            self.rich.start()
+
+    def __call__(self, done: int, info: str = "") -> None:
+        if self.rich is not None:
+            self.rich.update(self.task, completed=done, info=info)
+            return
+        tick = done * 10 // self.total
+        if tick != self.tick:
+            self.tick = tick
+            self.log(f"{self.label} {done}/{self.total}  {info}".rstrip())
+
+    def close(self) -> None:
+        if self.rich is not None:
+            self.rich.stop()
+
+
 def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale: int = 1, resume: bool = False,
                 arch: str | None = None, eval_split: str = "test", log=_log, write_file: bool = True) -> dict:
     """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes

@@ -44,12 +44,13 @@ def camera_header(K, width: int, height: int, c2ws) -> dict:
 
 def encode(field, *, background, cameras: dict | None = None, kind: str | None = None, method: str = "train",
            chunks: list[Chunk] | None = None, bits: int | None = None, rank: int = 0, extra: dict | None = None,
-           entropy: bool = True, mlp: str = "int8") -> tuple[bytes, list[dict]]:
+           entropy: bool = True, mlp: str = "int8", model_extra: dict | None = None) -> tuple[bytes, list[dict]]:
     """The .tvq bytes of ``field`` and the chunk index (with every codec's size per chunk).
 
     ``kind`` and ``chunks`` let a post-hoc method (kmeans, lra) store a raw field its own way (their mlp
     chunk is replaced by one of precision ``mlp``: int8 weights with fp16 scales per row and per column and
-    their refinement after the first LOD, or fp16)."""
+    their refinement after the first LOD, or fp16); ``model_extra`` adds a kind's own header fields (vqrf's
+    per-level counts)."""
     from .model import MLP_WEIGHTS, decoder_chunks
 
     if mlp not in MLP_WEIGHTS:
@@ -58,7 +59,8 @@ def encode(field, *, background, cameras: dict | None = None, kind: str | None =
     bits = field.grid.bits if bits is None else bits
     header = {
         "format": "tvq", "method": method,
-        "model": model_header(field, kind, bits=bits if kind in ("vq", "hash") else 0, rank=rank, mlp=mlp),
+        "model": {**model_header(field, kind, bits=bits if kind in ("vq", "hash") else 0, rank=rank, mlp=mlp),
+                  **(model_extra or {})},
         "background": [float(x) for x in background],
         "cameras": cameras,
         "entropy": bool(entropy),

@@ -50,6 +50,8 @@ KINDS = {
     b"HASH": "hash",  # hash baseline: u32 seed, u32 hash function id (indices follow from positions)
     b"KLTB": "klt-basis",  # low-rank baseline: fp16 mean (F) and basis (rank x F)
     b"KLTC": "klt-coeffs",  # low-rank baseline: fp16 coefficients (vertices x rank)
+    b"VCLS": "vertex-classes",  # vqrf: 2 bits per vertex (pruned, quantised, kept)
+    b"KEPT": "kept-features",  # vqrf: fp16 scale and offset (F each), then uint8 kept features (kept x F)
 }
 TAGS = {name: tag for tag, name in KINDS.items()}
 # The header stores each chunk's index entry as a row of these fields (compact: the first LOD's bytes

@@ -6,6 +6,7 @@ Chunk order, coarsest first, so that every LOD is a prefix of the file:
     structure 1 .. L0                     child masks of levels 0 .. L0-1 (L0: the first feature level)
     level L0:  its features               raw: features | vq: codebook, indices | hash: codebook, hash
                                           | lra: klt-basis, klt-coeffs
+                                          | vqrf: codebook, vertex-classes, indices, kept-features
     mlp-refine (level L0+1)               int8 weights only: the rounding residual of every weight, 8 more bits
     structure L0+1, level L0+1 features, ... up to the finest level
 
@@ -36,9 +37,17 @@ BYTE_CODECS = (entropy.ZSTD, entropy.ANS)
 INDEX_CODECS = (entropy.ZSTD, entropy.ANS)
 HASH_FUNCTION = 1  # tvq.field.spatial_hash
 LEVEL_KINDS = {"raw": ("features",), "vq": ("codebook", "indices"), "hash": ("codebook", "hash"),
-               "lra": ("klt-basis", "klt-coeffs")}
+               "lra": ("klt-basis", "klt-coeffs"), "vqrf": ("codebook", "vertex-classes", "indices", "kept-features")}
 COMPONENT = {"mlp": "mlp", "mlp-refine": "mlp", "structure": "structure", "features": "features", "codebook": "codebooks",
-             "indices": "indices", "hash": "indices", "klt-basis": "codebooks", "klt-coeffs": "features"}
+             "indices": "indices", "hash": "indices", "klt-basis": "codebooks", "klt-coeffs": "features",
+             "vertex-classes": "structure", "kept-features": "features"}
+# VQRF's vertex classes (2 bits per vertex): pruned (features 0), vector-quantised, kept (8-bit features)
+PRUNED, QUANTISED, KEPT = 0, 1, 2
+
+
+def index_bits(codes: int) -> int:
+    """Bits of an index into ``codes`` codes (at least 1)."""
+    return max(1, (int(codes) - 1).bit_length())
 
 
 def _fp16(t: torch.Tensor) -> bytes:
@@ -276,6 +285,15 @@ def check_model(header: dict, name: str) -> None:
         bad("cell counts cannot come from an octree")
     if any(v > 8 * cells[l] for v, l in zip(verts, levels)):
         bad("vertex counts cannot come from the cell counts")
+    if m["kind"] == "vqrf":
+        q = m.get("vqrf")
+        lists = [q.get(key) if isinstance(q, dict) else None for key in ("codes", "quantised", "kept")]
+        if not all(isinstance(v, list) and len(v) == m["num_lods"] for v in lists):
+            bad("vqrf counts malformed")
+        codes, quantised, kept = lists
+        if (not all(_int(c, 1, 1 << 16) for c in codes) or not all(_int(v, 0, 1 << 31) for v in quantised + kept)
+                or any(a + b > n for a, b, n in zip(quantised, kept, verts))):
+            bad("vqrf counts malformed")
     bg = header.get("background")
     if not isinstance(bg, list) or len(bg) != 3 or not all(_number(x) and 0 <= x <= 1 for x in bg):
         bad("background malformed")
@@ -324,6 +342,11 @@ def expected_chunks(m: dict) -> list[tuple[str, int | None, int]]:
         sizes = {"features": n * F * 2, "codebook": (1 << m.get("bits", 0)) * F * 2 if m["kind"] != "raw" else 0,
                  "indices": bitpack.packed_size(n, m.get("bits", 0) or 1), "hash": 8,
                  "klt-basis": (F + m.get("rank", 0) * F) * 2, "klt-coeffs": n * m.get("rank", 0) * 2}
+        if m["kind"] == "vqrf":
+            q = m["vqrf"]
+            sizes.update({"codebook": q["codes"][k] * F * 2, "vertex-classes": bitpack.packed_size(n, 2),
+                          "indices": bitpack.packed_size(q["quantised"][k], index_bits(q["codes"][k])),
+                          "kept-features": 4 * F + q["kept"][k] * F})
         out.extend((kind, level, sizes[kind]) for kind in LEVEL_KINDS[m["kind"]])
         if refine_bytes(m) and k == 0:
             out.append(("mlp-refine", m["levels"][min(1, len(m["levels"]) - 1)], refine_bytes(m)))
@@ -356,9 +379,14 @@ class ModelAssembler:
         self._add_level(root)
 
     def symbols(self, i: int, entry: dict):
+        m = self.model
+        k = (entry["level"] - m["levels"][0]) if entry["kind"] in ("indices", "vertex-classes") else None
+        if entry["kind"] == "vertex-classes":
+            return 2, m["counts"]["vertices"][k]
+        if entry["kind"] == "indices" and m["kind"] == "vqrf":
+            return index_bits(m["vqrf"]["codes"][k]), m["vqrf"]["quantised"][k]
         if entry["kind"] == "indices":
-            k = entry["level"] - self.model["levels"][0]
-            return self.model["bits"], self.model["counts"]["vertices"][k]
+            return m["bits"], m["counts"]["vertices"][k]
         return None
 
     def _add_level(self, codes: torch.Tensor) -> None:
@@ -406,7 +434,7 @@ class ModelAssembler:
         octree = SparseOctree(max_level=top, center=_as_center(norm["center"]), scale=float(norm["scale"]),
                               cells=self.cells[:top + 1], vertices=self.vertices[:top + 1],
                               cell_vertices=self.cell_vertices[:top + 1])
-        kind = {"lra": "raw"}.get(m["kind"], m["kind"])
+        kind = {"lra": "raw", "vqrf": "raw"}.get(m["kind"], m["kind"])
         F, bits = m["feature_dim"], m.get("bits", 0)
         grid = FeatureOctree(octree, num_lods=lods, feature_dim=F, kind=kind, bits=bits if kind != "raw" else 0,
                              seed=m.get("seed", 0), learned=False)
@@ -418,6 +446,8 @@ class ModelAssembler:
                 rows = slice(starts[k], starts[k + 1])
                 if m["kind"] == "raw":
                     grid.features[rows] = _from_fp16(data["features"], (n, F))
+                elif m["kind"] == "vqrf":
+                    grid.features[rows] = self._vqrf_level(k, level, data, n).to(self.device)
                 elif m["kind"] == "lra":
                     r = m["rank"]
                     basis = _from_fp16(data["klt-basis"], (1 + r, F))
@@ -435,6 +465,32 @@ class ModelAssembler:
                         grid.indices[rows] = (idx + k * codes).to(torch.int32)
         field = RadianceField(grid, self._decoder_copy().to(self.device)).eval()
         return field if device is None or torch.device(device) == self.device else to_device(field, device)
+
+    def _vqrf_level(self, k: int, level: int, data: dict, n: int) -> torch.Tensor:
+        """One level's (n, F) features: 0 where pruned, the codebook's where quantised, the 8-bit ones
+        where kept; the classes must agree with the header's counts."""
+        m, F = self.model, self.model["feature_dim"]
+        q = m["vqrf"]
+        codes, quantised, kept = q["codes"][k], q["quantised"][k], q["kept"][k]
+        classes = torch.from_numpy(bitpack.unpack(data["vertex-classes"], 2, n).astype(np.int64))
+        found = torch.bincount(classes, minlength=4).tolist()
+        if found[QUANTISED] != quantised or found[KEPT] != kept or found[3]:
+            raise FormatError(f"{self.name}: level {level}: the vertex classes ({found[QUANTISED]} quantised, "
+                              f"{found[KEPT]} kept, {found[3]} unknown) disagree with the header "
+                              f"({quantised} quantised, {kept} kept)")
+        idx = torch.from_numpy(bitpack.unpack(data["indices"], index_bits(codes), quantised).astype(np.int64))
+        if quantised and int(idx.max()) >= codes:
+            raise FormatError(f"{self.name}: level {level}: an index reaches beyond the {codes} codes")
+        codebook = _from_fp16(data["codebook"], (codes, F))
+        raw = data["kept-features"]
+        scale, offset = _from_fp16(raw[:2 * F], (F,)), _from_fp16(raw[2 * F:4 * F], (F,))
+        kept_q = torch.from_numpy(np.frombuffer(raw[4 * F:], np.uint8).astype(np.float32).reshape(kept, F))
+        features = torch.zeros(n, F)
+        features[classes == QUANTISED] = codebook[idx]
+        features[classes == KEPT] = offset + scale * kept_q
+        if not bool(torch.isfinite(features).all()):
+            raise FormatError(f"{self.name}: level {level}: non-finite features")
+        return features
 
     def _decoder_copy(self) -> Decoder:
         d = self.model["decoder"]

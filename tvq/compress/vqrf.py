@@ -166,12 +166,14 @@ def dequantize_uint8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor)
 
 class QuantizedGrid(torch.nn.Module):
     """A raw grid's vertices as VQRF holds them for joint fine-tuning (the assignments fixed): the
-    vector-quantised rows read ``codebook[assign]``, the kept rows their own features. The feature table is
-    assembled in each forward pass from the parameters, so a code's gradient is the sum of the gradients
-    of the vertices that use it. Stands in for a ``FeatureOctree`` in a ``RadianceField``."""
+    vector-quantised rows ``vq_rows`` read ``codebook[assign]``, the kept rows their own features, every
+    other (pruned) row 0. The feature table is assembled in each forward pass from the parameters, so a
+    code's gradient is the sum of the gradients of the vertices that use it. Stands in for a
+    ``FeatureOctree`` in a ``RadianceField``. ``level_codes``: how many of the codebook's rows each level
+    owns (one codebook per level, concatenated)."""
 
     def __init__(self, raw, codebook: torch.Tensor, assign: torch.Tensor, kept_rows: torch.Tensor,
-                 kept: torch.Tensor):
+                 kept: torch.Tensor, vq_rows: torch.Tensor | None = None, level_codes: list[int] | None = None):
         super().__init__()
         from ..field import FeatureOctree
 
@@ -182,20 +184,28 @@ class QuantizedGrid(torch.nn.Module):
         num_vertices = raw.flat.num_vertices
         is_kept = torch.zeros(num_vertices, dtype=torch.bool, device=codebook.device)
         is_kept[kept_rows] = True
-        vq_rows = torch.nonzero(~is_kept).flatten()
+        if vq_rows is None:  # every vertex that is not kept is quantised
+            vq_rows = torch.nonzero(~is_kept).flatten()
+        elif bool(is_kept[vq_rows].any()):
+            raise ValueError("a vertex cannot be both kept and quantised")
         if assign.shape != vq_rows.shape or kept.shape != (kept_rows.numel(), raw.feature_dim):
-            raise ValueError("assignments must cover every vertex that is not kept, kept features every kept one")
+            raise ValueError("assignments must cover every quantised vertex, kept features every kept one")
+        self.level_codes = list(level_codes) if level_codes is not None else [codebook.shape[0]]
+        if sum(self.level_codes) != codebook.shape[0]:
+            raise ValueError("the levels' code counts must add up to the codebook's rows")
+        self.num_vertices = num_vertices
         self.codebook = torch.nn.Parameter(codebook.detach().float().clone())
         self.kept = torch.nn.Parameter(kept.detach().float().clone())
         self.register_buffer("assign", assign.long())
-        self.register_buffer("vq_rows", vq_rows)
+        self.register_buffer("vq_rows", vq_rows.long())
         self.register_buffer("kept_rows", kept_rows.long())
 
     def table(self) -> torch.Tensor:
-        """The (V, F) feature table these parameters give (differentiable)."""
+        """The (V, F) feature table these parameters give (differentiable; pruned rows 0)."""
         rows = torch.cat([self.vq_rows, self.kept_rows])
         values = torch.cat([self.codebook.index_select(0, self.assign), self.kept])
-        return torch.empty_like(values).index_copy(0, rows, values)
+        zeros = values.new_zeros(self.num_vertices, self.feature_dim)
+        return zeros.index_copy(0, rows, values)
 
     def grid_parameters(self) -> list[torch.nn.Parameter]:
         return [self.codebook, self.kept]
