@@ -355,15 +355,18 @@ class Method(str, Enum):
     kmeans = "kmeans"
     lra = "lra"
     vqrf = "vqrf"
+    hybrid = "hybrid"
 
 
 @app.command("compress")
 def compress_cmd(
-    checkpoint: Path = typer.Argument(..., help="A checkpoint of an uncompressed model (tvq train --bits 0)."),
+    checkpoint: Path = typer.Argument(..., help="A checkpoint of an uncompressed model (tvq train --bits 0; hybrid: "
+                                      "of a VQ-AD model, --bits b)."),
     out: Path = typer.Option(..., "--out", "-o", help="The .tvq file to write."),
     method: Method = typer.Option(..., "--method", help="kmeans: k-means VQ of the trained features (kmVQ); "
                                   "lra: low-rank KLT truncation; vqrf: importance pruning, weighted codebooks, "
-                                  "8-bit kept features and fine-tuning (VQRF)."),
+                                  "8-bit kept features and fine-tuning (VQRF); hybrid: VQRF's pruning, keep set, fine-tuning "
+                                  "and 8-bit storage around a VQ-AD model's learned indices."),
     bits: int = typer.Option(6, "--bits", help="kmeans: index bits (2^bits codes per level)."),
     rank: int = typer.Option(4, "--rank", help="lra: components kept per level."),
     scene: Optional[Path] = typer.Option(None, "--scene", help="vqrf: the scene it was trained on (default: the "
@@ -381,7 +384,7 @@ def compress_cmd(
     mlp: Optional[MlpWeights] = MlpOption,
     seed: int = typer.Option(0, "--seed", help="k-means seed."),
 ) -> None:
-    """Compress a trained uncompressed model after training into a .tvq (the paper's post-hoc baselines, VQRF)."""
+    """Compress a trained model after training into a .tvq (the paper's post-hoc baselines, VQRF, the hybrid)."""
     from tvq.compress import compress_checkpoint
     from tvq.compress.vqrf_model import VqrfOptions
 
@@ -391,7 +394,7 @@ def compress_cmd(
                                  entropy=not no_entropy, mlp=_mlp(mlp, no_entropy), seed=seed,
                                  log=lambda m: typer.echo(m, err=True), scene=scene, downscale=downscale,
                                  vqrf=options)
-    if method is Method.vqrf:
+    if method in (Method.vqrf, Method.hybrid):
         for row in report["levels"]:
             typer.echo(f"level {row['level']}: {row['vertices']:,} vertices: {row['pruned']:,} pruned (0), "
                        f"{row['quantised']:,} quantised, {row['kept']:,} kept (8-bit)")

@@ -234,4 +234,16 @@ def test_compress_vqrf_end_to_end(trained, tvq):
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     vq = tvq("compress", root / "run" / "checkpoint.pt", "--out", root / "bad.tvq", "--method", "vqrf")
     assert vq.returncode == 2 and "--bits 0" in vq.stderr and len(vq.stderr.strip().splitlines()) == 1
+    raw = tvq("compress", ckpt, "--out", root / "bad.tvq", "--method", "hybrid")
+    assert raw.returncode == 2 and "--bits b" in raw.stderr and len(raw.stderr.strip().splitlines()) == 1
     assert not (root / "bad.tvq").exists()
+    # the hybrid: a VQ-AD model's learned indices inside VQRF's pruning, keep set and 8-bit storage
+    run = tvq("train", root / "scene", "--out", root / "hybrid-base", "--bits", 4, "--iters", 100, "--max-level", 5,
+              "--num-lods", 2, "--batch-rays", 1024, "--samples-per-cell", 2, "--eval-every", 0, "--arch", "cpu",
+              "--density", "exp", "--vq-warmup", 0)
+    assert run.returncode == 0, run.stderr
+    hybrid = tvq("compress", root / "hybrid-base" / "checkpoint.pt", "--out", root / "hybrid.tvq", "--method",
+                 "hybrid", "--finetune-steps", 20, "--prune", 0.05)
+    assert hybrid.returncode == 0, hybrid.stderr
+    assert "(learned)" in hybrid.stderr and "dB after" in hybrid.stdout
+    assert open_model(root / "hybrid.tvq").header["method"] == "hybrid"

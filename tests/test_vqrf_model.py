@@ -138,3 +138,32 @@ def test_vqrf_headers_and_classes_are_checked(compressed):
     (root / "bad-classes.tvq").write_bytes(data)
     with pytest.raises(FormatError, match="vertex classes"):
         open_model(root / "bad-classes.tvq")
+
+
+def test_hybrid_keeps_the_learned_indices(compressed):
+    """A VQ-AD model through the hybrid: codes per level stay 2^b, and the vertices it quantises keep their
+    trained index (vertices that shared a code share a decoded feature); pruned ones read 0."""
+    from tvq.prune import vertex_rows
+
+    root, trainer, _, _, _, _ = compressed
+    vq_trainer = Trainer(trainer.scene, TrainConfig(bits=3, iters=120, max_level=5, num_lods=3, batch_rays=1024,
+                                                    samples_per_cell=2, eval_every=0, density="exp", vq_warmup=0),
+                         root / "vq")
+    vq_trainer.setup()
+    vq_trainer.fit()
+    field = vq_trainer.field
+    original = field.grid.hard_indices().long()
+    decoded, kwargs, report = compress(vq_trainer, field, VqrfOptions(**OPTIONS), log=lambda _: None)
+    assert kwargs["model_extra"]["vqrf"]["codes"] == [8, 8, 8]
+    rows = vertex_rows(field.grid, decoded.octree)  # each surviving vertex's row in the VQ model
+    classes = torch.cat(_classes(kwargs))
+    features = decoded.grid.features
+    quantised = torch.nonzero(classes == QUANTISED).flatten()
+    level_of = torch.repeat_interleave(torch.arange(3), torch.tensor(decoded.grid.flat.vertex_counts()))
+    groups = {}
+    for v in quantised.tolist():
+        groups.setdefault((int(level_of[v]), int(original[rows[v]])), []).append(v)
+    assert len(groups) > 3
+    for members in groups.values():
+        assert torch.equal(features[members], features[members[:1]].expand(len(members), -1))
+    assert bool((features[classes == PRUNED] == 0).all())

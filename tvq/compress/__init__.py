@@ -6,6 +6,8 @@
   components; stored as fp16 mean and basis plus fp16 coefficients.
 - ``vqrf``: VQRF (``tvq.compress.vqrf_model``): importance pruning, an importance-weighted codebook per
   level with the most important vertices kept in 8 bits, joint fine-tuning on the training rays.
+- ``hybrid``: a trained VQ-AD model (``--bits b``) with VQRF's importance pruning, keep set, fine-tuning
+  and 8-bit storage around its learned indices.
 
 ``compress_checkpoint`` is what ``tvq compress`` runs.
 """
@@ -19,7 +21,7 @@ import torch
 
 from ..errors import TvqError
 
-METHODS = ("kmeans", "lra", "vqrf")
+METHODS = ("kmeans", "lra", "vqrf", "hybrid")
 
 
 def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6, rank: int = 4,
@@ -34,11 +36,16 @@ def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6,
     if method not in METHODS:
         raise TvqError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     ckpt = load_checkpoint(checkpoint)
+    if method == "hybrid":
+        if ckpt["grid_kind"] != "vq":
+            raise TvqError(f"{checkpoint}: hybrid compresses a VQ-AD model with learned indices (tvq train --bits b); "
+                           f"this one is {ckpt['grid_kind']}")
+        return _compress_vqrf(ckpt, checkpoint, out, scene, downscale, vqrf, entropy, mlp, eval_views, log, method)
     if ckpt["grid_kind"] != "raw":
         raise TvqError(f"{checkpoint}: {method} compresses an uncompressed model (tvq train --bits 0); this one is "
                        f"{ckpt['grid_kind']} (export it with `tvq export` instead)")
     if method == "vqrf":
-        return _compress_vqrf(ckpt, checkpoint, out, scene, downscale, vqrf, entropy, mlp, eval_views, log)
+        return _compress_vqrf(ckpt, checkpoint, out, scene, downscale, vqrf, entropy, mlp, eval_views, log, method)
     field = field_from_checkpoint(ckpt, torch.device("cpu"), checkpoint)
     t0 = time.perf_counter()
     if method == "kmeans":
@@ -57,7 +64,7 @@ def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6,
 
 
 def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscale: int, options, entropy: bool,
-                   mlp: str, eval_views: int, log) -> dict:
+                   mlp: str, eval_views: int, log, method: str) -> dict:
     from .. import runtime
     from ..data import load_scene
     from ..eval import evaluate
@@ -91,7 +98,7 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
     after = evaluate(decoded, views, trainer.data.background, lods=last)[0]["psnr"] if views else None
     t = time.perf_counter()
     written = write_field(out, decoded, ckpt["scene"]["background"], checkpoint_cameras(ckpt), entropy=entropy,
-                          info={"source": str(checkpoint), "method": "vqrf"}, method="vqrf", mlp=mlp, **kwargs)
+                          info={"source": str(checkpoint), "method": method}, method=method, mlp=mlp, **kwargs)
     report["seconds"]["write"] = time.perf_counter() - t
     written.update(report, psnr_before=before, psnr_after=after, eval_views=len(views),
                    compress_seconds=report["seconds"]["total"] + report["seconds"]["write"])

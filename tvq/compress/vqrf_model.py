@@ -17,6 +17,11 @@ a progressive .tvq (``tvq compress --method vqrf``). The building blocks are in 
 
 tvq's features feed both density and colour (one decoder), so every channel is quantised, unlike VQRF's
 grid, whose separate density grid stays unquantised.
+
+The hybrid (``tvq compress --method hybrid``) starts from a trained VQ-AD model instead: its learned b-bit
+indices and codebooks take the place of step 3 (no k-means: the indices were trained end to end), and
+VQRF's importance pruning, keep set (the most important vertices leave their code for their own 8-bit
+features, starting from the code's value), fine-tuning and 8-bit storage are applied around them.
 """
 
 from __future__ import annotations
@@ -71,9 +76,24 @@ def _level_slices(grid) -> list[slice]:
 
 
 @torch.no_grad()
+def hard_field(field: RadianceField) -> tuple[RadianceField, torch.Tensor]:
+    """A VQ field as a raw one with the same features (each vertex's code vector), and every vertex's code
+    as a row of the concatenated per-level codebooks."""
+    grid = field.grid
+    codes = 1 << grid.bits
+    level = torch.repeat_interleave(torch.arange(grid.num_lods, device=grid.codebooks.device),
+                                    torch.tensor(grid.flat.vertex_counts(), device=grid.codebooks.device))
+    index = grid.hard_indices().long() + level * codes
+    raw = FeatureOctree(grid.octree, num_lods=grid.num_lods, feature_dim=grid.feature_dim, kind="raw")
+    raw.features.data.copy_(grid.codebooks.detach()[index])
+    return RadianceField(raw, field.decoder), index
+
+
+@torch.no_grad()
 def prune_octree(field: RadianceField, importance: torch.Tensor, options: VqrfOptions):
     """The field on the octree without the finest cells whose corners are all pruned, the importance of
-    its vertices, and the per-vertex classes (PRUNED / QUANTISED / KEPT) of every level."""
+    its vertices, the per-vertex classes (PRUNED / QUANTISED / KEPT) of every level, and each new vertex's
+    row in the old tables."""
     grid = field.grid
     classes = torch.full_like(importance, QUANTISED, dtype=torch.int64)
     for rows in _level_slices(grid):
@@ -92,24 +112,29 @@ def prune_octree(field: RadianceField, importance: torch.Tensor, options: VqrfOp
     new_grid = FeatureOctree(pruned_octree, num_lods=grid.num_lods, feature_dim=grid.feature_dim, kind="raw")
     new_grid.features.data.copy_(grid.features.data[rows])
     # the decoder is fine-tuned later: a copy, so that the field compressed keeps its own
-    return RadianceField(new_grid, copy.deepcopy(field.decoder)), importance[rows], classes[rows]
+    return RadianceField(new_grid, copy.deepcopy(field.decoder)), importance[rows], classes[rows], rows
 
 
 @torch.no_grad()
 def build_codebooks(field: RadianceField, importance: torch.Tensor, classes: torch.Tensor, options: VqrfOptions,
-                    log=print) -> QuantizedGrid:
-    """Per level, the importance-weighted codebook of its quantised vertices; the fixed-assignment grid."""
+                    log=print, learned=None) -> QuantizedGrid:
+    """Per level, the importance-weighted codebook of its quantised vertices, or with ``learned`` =
+    (codebooks (L * 2^b, F), each vertex's row in them) a VQ-AD model's own; the fixed-assignment grid."""
     grid = field.grid
     books, assigns, offset = [], [], 0
     for k, rows in enumerate(_level_slices(grid)):
         quantised = torch.nonzero(classes[rows] == QUANTISED).flatten() + rows.start
         codes = level_codes(quantised.numel(), options.codebook)
-        if quantised.numel() == 0:
+        if learned is not None:
+            codes = learned[0].shape[0] // grid.num_lods
+            book, assign = learned[0][k * codes:(k + 1) * codes].detach().float(), learned[1][quantised] - k * codes
+        elif quantised.numel() == 0:
             book, assign = torch.zeros(codes, grid.feature_dim, device=importance.device), quantised
         else:
             book, assign = importance_codebook(grid.features[quantised], importance[quantised], codes,
                                                steps=options.kmeans_steps, seed=options.seed + k)
-        log(f"level {grid.levels[k]}: {codes} codes for {quantised.numel():,} vertices")
+        log(f"level {grid.levels[k]}: {codes} codes for {quantised.numel():,} vertices"
+            + (" (learned)" if learned is not None else ""))
         books.append(book)
         assigns.append(assign + offset)
         offset += codes
@@ -194,8 +219,16 @@ def level_summary(grid, classes: torch.Tensor) -> list[dict]:
 
 
 def compress(trainer, field: RadianceField, options: VqrfOptions, log=print, progress=None) -> tuple:
-    """The whole pipeline on ``trainer``'s training rays: (decoded field, encode options, report)."""
+    """The whole pipeline on ``trainer``'s training rays: (decoded field, encode options, report). A raw
+    field gets VQRF, a VQ-AD field (learned indices) the hybrid."""
     options.validate()
+    learned = None
+    if field.grid.kind == "vq":
+        codebooks = field.grid.codebooks
+        field, index = hard_field(field)
+        learned = (codebooks, index)
+    elif field.grid.kind != "raw":
+        raise TvqError(f"vqrf compresses raw features and the hybrid learned VQ indices, not {field.grid.kind}")
     timings, t0 = {}, time.perf_counter()
     data = trainer.data
     n = data.num_pixels if options.importance_rays is None else min(options.importance_rays, data.num_pixels)
@@ -210,8 +243,10 @@ def compress(trainer, field: RadianceField, options: VqrfOptions, log=print, pro
     timings["importance"] = time.perf_counter() - t0
     log(f"importance of {importance.numel():,} vertices over {n:,} rays in {timings['importance']:.1f} s")
     t = time.perf_counter()
-    field, importance, classes = prune_octree(field, importance, options)
-    quantized = build_codebooks(field, importance, classes, options, log=log)
+    field, importance, classes, rows = prune_octree(field, importance, options)
+    if learned is not None:
+        learned = (learned[0], learned[1][rows])
+    quantized = build_codebooks(field, importance, classes, options, log=log, learned=learned)
     timings["prune_and_codebooks"] = time.perf_counter() - t
     t = time.perf_counter()
     losses = finetune(trainer, quantized, field.decoder, options.finetune_steps, progress)
