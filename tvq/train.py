@@ -358,7 +358,7 @@ class Trainer:
                 "format": checkpoint.FORMAT,
                 "version": checkpoint.VERSION,
                 "config": asdict(self.config),
-                "scene": {"root": str(self.scene.root), "format": self.scene.format,
+                "scene": {"root": str(Path(self.scene.root).resolve()), "format": self.scene.format,
                           "background": [float(x) for x in self.scene.background]},
                 "cameras": {"K": self.data.Ks[0].cpu(), "width": int(self.data.images.shape[2]),
                             "height": int(self.data.images.shape[1]), "c2ws": self.data.c2ws.cpu()},
