@@ -220,6 +220,10 @@ def test_fast_path_matches_render_image_on_the_gpu(scene, tmp_path):
     raw = open_model(train_tiny(scene, tmp_path / "raw", 0, False) / "model.tvq")
     _compare(raw, scene)
     _compare(raw, scene, FastRenderer(raw.field, raw.background, half=True))
+    exp = open_model(train_tiny(scene, tmp_path / "raw-exp", 0, False, density="exp") / "model.tvq")
+    assert exp.field.decoder.density == "exp"
+    _compare(exp, scene)
+    _compare(exp, scene, FastRenderer(exp.field, exp.background, fused=False))
     test_baked_table_interpolates_to_the_sum_over_levels(tmp_path / "raw")
     view = scene.split("test")[1]
     rounds, fused = (FastRenderer(raw.field, raw.background, fused=f) for f in (False, True))
