@@ -372,9 +372,10 @@ def compress_cmd(
     scene: Optional[Path] = typer.Option(None, "--scene", help="vqrf: the scene it was trained on (default: the "
                                          "folder the checkpoint names)."),
     downscale: int = typer.Option(1, "--downscale", min=1, help="vqrf: the --downscale it was trained with."),
-    prune: float = typer.Option(0.001, "--prune", help="vqrf: beta_p, the share of a level's importance pruned."),
-    keep: float = typer.Option(0.6, "--keep", help="vqrf: beta_k; vertices above this importance quantile "
-                               "stay unquantised (8 bits)."),
+    prune: str = typer.Option("0.001", "--prune", help="vqrf, hybrid: beta_p, the share of a level's importance "
+                              "pruned (one value, or one per LOD, comma-separated, coarsest first)."),
+    keep: str = typer.Option("0.6", "--keep", help="vqrf, hybrid: beta_k; vertices above this importance quantile "
+                             "stay unquantised in 8 bits (1: none; one value or one per LOD)."),
     codebook: int = typer.Option(4096, "--codebook", help="vqrf: codes per level at most."),
     finetune_steps: int = typer.Option(2000, "--finetune-steps", help="vqrf: joint fine-tuning steps."),
     importance_rays: Optional[int] = typer.Option(None, "--importance-rays", min=1,
@@ -388,7 +389,7 @@ def compress_cmd(
     from tvq.compress import compress_checkpoint
     from tvq.compress.vqrf_model import VqrfOptions
 
-    options = VqrfOptions(prune=prune, keep=keep, codebook=codebook, finetune_steps=finetune_steps,
+    options = VqrfOptions(prune=_quantiles(prune, "--prune"), keep=_quantiles(keep, "--keep"), codebook=codebook, finetune_steps=finetune_steps,
                           importance_rays=importance_rays, seed=seed)
     report = compress_checkpoint(checkpoint, _tvq_path(out), method.value, bits=bits, rank=rank,
                                  entropy=not no_entropy, mlp=_mlp(mlp, no_entropy), seed=seed,
@@ -403,6 +404,15 @@ def compress_cmd(
                        f"{report['psnr_after']:.2f} dB after")
         typer.echo("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items()))
     typer.echo(_size_line(out, report) + f" in {report['compress_seconds']:.1f} s")
+
+
+def _quantiles(text: str, name: str):
+    """'0.6' -> 0.6; '1,0.9,0.6' -> (1.0, 0.9, 0.6) (one per LOD)."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise TvqError(f"{name} takes a number or comma-separated numbers (one per LOD), got {text!r}") from None
+    return values[0] if len(values) == 1 else values
 
 
 def _tvq_path(out: Path) -> Path:

@@ -22,8 +22,12 @@ from benchmarks._timing import device_name, write_json
 
 
 def file_name(method: str, own: dict) -> str:
-    parts = [method] + [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in sorted(own.items())]
-    return "-".join(parts).replace("_", "")
+    def text(v) -> str:
+        if isinstance(v, (list, tuple)):
+            return "_".join(text(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return "-".join([method] + [f"{k.replace('_', '')}{text(v)}" for k, v in sorted(own.items())])
 
 
 def main(argv=None) -> int:
@@ -51,7 +55,7 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.vqrf_ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     for text in args.configs:
         own = json.loads(text)
-        options = VqrfOptions(**{**base, **own})
+        options = VqrfOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in {**base, **own}.items()})
         path = out_dir / f"{file_name(args.method, own)}.tvq"
         t0 = time.perf_counter()
         report = compress_checkpoint(Path(args.checkpoint), path, args.method, scene=args.scene,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The VQRF study on a GPU: train lego raw (the fastest --bits 0 recipe measured) and 6-bit VQ-AD, then in one
 # process each (Taichi compiles once): VQRF on the raw model over a beta_p x beta_k grid (the paper's Table 2),
-# codebook sizes (Table 4) and fine-tuning steps; the hybrid on the 6-bit model; then rate-distortion of every
+# codebook sizes (Table 4), fine-tuning steps and per-level thresholds; the hybrid on the 6-bit model; then rate-distortion of every
 # LOD prefix of every file (tvq eval, with VQRF's and DVGO's measured points as references).
 #
 #   bash benchmarks/vqrf_lego.sh SCENE RESULTS_DIR [MINUTES_RAW MINUTES_VQ]
@@ -28,11 +28,12 @@ log "vqrf: beta_p x beta_k grid, codebook sizes, fine-tuning steps"
 step python3 -m benchmarks.vqrf_ablation --checkpoint "$b0/checkpoint.pt" --scene "$scene" --method vqrf \
   --base "{\"finetune_steps\": $ft}" --configs "${grid[@]}" '{"codebook": 1024}' '{"codebook": 16384}' \
   '{"finetune_steps": 0}' '{"finetune_steps": 500}' '{"finetune_steps": 4000}' \
+  '{"prune": 0.01, "keep": [1, 0.99, 0.9, 0.9]}' '{"prune": [0.001, 0.001, 0.01, 0.05], "keep": [1, 0.99, 0.99, 0.99]}' \
   --out-dir "$runs/files" --out "$results/vqrf.json"
 log "hybrid on the 6-bit model"
 step python3 -m benchmarks.vqrf_ablation --checkpoint "$b6/checkpoint.pt" --scene "$scene" --method hybrid \
   --base "{\"finetune_steps\": $ft}" --configs '{}' '{"prune": 0.01, "keep": 0.9}' '{"prune": 0.01, "keep": 0.99}' \
-  '{"prune": 0.05, "keep": 0.99}' --out-dir "$runs/files" --out "$results/hybrid.json"
+  '{"prune": 0.05, "keep": 0.99}' '{"prune": 0.01, "keep": [1, 1, 0.99, 0.99]}' --out-dir "$runs/files" --out "$results/hybrid.json"
 
 cp "$b0/model.tvq" "$runs/files/raw.tvq" && cp "$b6/model.tvq" "$runs/files/vqad6.tvq" || log "FAILED: no model.tvq"
 log "eval: every LOD prefix of every file"

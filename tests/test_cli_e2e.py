@@ -216,19 +216,21 @@ def test_compress_vqrf_end_to_end(trained, tvq):
     ckpt = root / "vqrf-base" / "checkpoint.pt"
     out = root / "vqrf.tvq"
     done = tvq("compress", ckpt, "--out", out, "--method", "vqrf", "--finetune-steps", 20, "--codebook", 64,
-               "--prune", 0.05)
+               "--prune", 0.05, "--keep", "1,0.6")  # nothing kept unquantised at the first LOD
     assert done.returncode == 0, done.stderr
     assert "level 5:" in done.stdout and "pruned" in done.stdout and "kept (8-bit)" in done.stdout
     assert "dB before" in done.stdout and "fine-tune" in done.stderr and "importance of" in done.stderr
     assert out.stat().st_size < (root / "vqrf-base" / "model.tvq").stat().st_size
     model = open_model(out)
     assert model.header["model"]["kind"] == "vqrf" and model.lods == 2
+    assert model.header["model"]["vqrf"]["kept"][0] == 0 < model.header["model"]["vqrf"]["kept"][1]
     for lod in (0, 1):
         frames = tvq("render", out, "--out", root / f"vqrf-lod{lod}", "--orbit", 1, "--lod", lod)
         assert frames.returncode == 0, frames.stderr
         assert len(list((root / f"vqrf-lod{lod}").glob("*.png"))) == 1
     for args, needle in ((["--prune", 0.9, "--keep", 0.5], "--prune"), (["--codebook", 1], "--codebook"),
-                         (["--scene", root / "nowhere"], "nowhere")):
+                         (["--scene", root / "nowhere"], "nowhere"), (["--keep", "0.9,x"], "--keep"),
+                         (["--keep", "0.9,0.8,0.7"], "one per LOD")):
         bad = tvq("compress", ckpt, "--out", root / "bad.tvq", "--method", "vqrf", *args)
         assert bad.returncode == 2 and needle in bad.stderr, (args, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

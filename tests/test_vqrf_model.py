@@ -34,9 +34,19 @@ def compressed(tmp_path_factory):
 
 def test_level_codes_are_powers_of_two_within_the_limit():
     assert level_codes(1_000_000, 4096) == 4096
-    assert level_codes(6000, 4096) == 512  # 6000 / 8 = 750 -> 512
+    assert level_codes(6000, 4096) == 128  # 6000 / 32 = 187 -> 128
     assert level_codes(3, 4096) == 2
     assert all(level_codes(n, 64) <= 64 for n in (0, 10, 10_000))
+
+
+def test_per_level_thresholds():
+    assert VqrfOptions(prune=0.01, keep=(1.0, 0.9, 0.6)).per_level(3) == [(0.01, 1.0), (0.01, 0.9), (0.01, 0.6)]
+    from tvq.errors import TvqError
+
+    with pytest.raises(TvqError, match="one per LOD"):
+        VqrfOptions(keep=(0.9, 0.6)).per_level(3)
+    with pytest.raises(TvqError, match="--prune"):
+        VqrfOptions(prune=(0.5, 0.01, 0.01), keep=(0.4, 0.6, 0.6)).validate(3)
 
 
 def test_pruning_removes_cells_and_classes_follow_the_importance(compressed):

@@ -74,7 +74,7 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
     from .vqrf_model import VqrfOptions, compress
 
     options = options or VqrfOptions()
-    options.validate()
+    options.validate(TrainConfig(**ckpt["config"]).num_lods)
     scene_path = Path(scene_path or ckpt["scene"]["root"])
     if not scene_path.is_dir():
         raise TvqError(f"{scene_path}: the checkpoint's scene is not there; pass --scene (vqrf needs its training rays)")

@@ -6,8 +6,10 @@ a progressive .tvq (``tvq compress --method vqrf``). The building blocks are in 
    or above theta_k = F^-1(beta_k) are kept (eq. 5, 6, 10); a finest-level cell whose 8 corners are all
    pruned leaves the octree (and with it every coarser cell left without descendants), so the structure
    and every level's vertex table shrink.
+   beta_p and beta_k may differ per level (a list, coarsest first): a coarse level's kept features are
+   paid for by every LOD, the first one included.
 3. Per level, an importance-weighted codebook of the remaining vertices (eq. 8-9 with code expiry). A
-   level gets min(K, the largest power of two <= its quantised vertices / 8) codes: a coarse level of a
+   level gets min(K, the largest power of two <= its quantised vertices / 32) codes: a coarse level of a
    few thousand vertices does not pay for 4096 codes, and the first LOD stays small.
 4. Joint fine-tuning with the assignments fixed (``QuantizedGrid``): the codebooks, the kept features and
    the decoder are trained with the training loss, the learning rate decaying to 0.1x.
@@ -48,17 +50,27 @@ from .vqrf import (QuantizedGrid, importance_codebook, quantize_uint8, dequantiz
 
 @dataclass
 class VqrfOptions:
-    prune: float = 0.001  # beta_p: the pruned vertices of a level hold at most this share of its importance
-    keep: float = 0.6  # beta_k: the vertices above F^-1(keep) stay unquantised
+    prune: float | tuple = 0.001  # beta_p: the pruned vertices of a level hold at most this share of its importance
+    keep: float | tuple = 0.6  # beta_k: the vertices above F^-1(keep) stay unquantised (1: none)
     codebook: int = 4096  # codes per level at most
     kmeans_steps: int = 1000
     finetune_steps: int = 2000
     importance_rays: int | None = None  # None: every training pixel
     seed: int = 0
 
-    def validate(self) -> None:
-        if not 0 <= self.prune <= self.keep <= 1:
-            raise TvqError(f"need 0 <= --prune <= --keep <= 1, got --prune {self.prune} --keep {self.keep}")
+    def per_level(self, num_lods: int) -> list[tuple[float, float]]:
+        """(beta_p, beta_k) of every feature level, coarsest first."""
+        def expand(value, name):
+            values = list(value) if isinstance(value, (list, tuple)) else [value] * num_lods
+            if len(values) != num_lods:
+                raise TvqError(f"--{name} takes one value or one per LOD ({num_lods}), got {len(values)}")
+            return [float(v) for v in values]
+        return list(zip(expand(self.prune, "prune"), expand(self.keep, "keep")))
+
+    def validate(self, num_lods: int) -> None:
+        for p, k in self.per_level(num_lods):
+            if not 0 <= p <= k <= 1:
+                raise TvqError(f"need 0 <= --prune <= --keep <= 1 at every level, got --prune {p} --keep {k}")
         if not 2 <= self.codebook <= 1 << 16:
             raise TvqError(f"--codebook must be in 2..65536, got {self.codebook}")
         if self.finetune_steps < 0 or self.kmeans_steps < 1:
@@ -66,8 +78,8 @@ class VqrfOptions:
 
 
 def level_codes(quantised: int, limit: int) -> int:
-    """Codes of a level with ``quantised`` vector-quantised vertices: a power of two, <= limit, <= n / 8."""
-    return int(min(limit, max(2, 1 << max(1, int(math.floor(math.log2(max(quantised // 8, 2))))))))
+    """Codes of a level with ``quantised`` vector-quantised vertices: a power of two, <= limit, <= n / 32."""
+    return int(min(limit, max(2, 1 << max(1, int(math.floor(math.log2(max(quantised // 32, 2))))))))
 
 
 def _level_slices(grid) -> list[slice]:
@@ -96,8 +108,8 @@ def prune_octree(field: RadianceField, importance: torch.Tensor, options: VqrfOp
     row in the old tables."""
     grid = field.grid
     classes = torch.full_like(importance, QUANTISED, dtype=torch.int64)
-    for rows in _level_slices(grid):
-        pruned, kept = vertex_classes(importance[rows], options.prune, options.keep)
+    for rows, (beta_p, beta_k) in zip(_level_slices(grid), options.per_level(grid.num_lods)):
+        pruned, kept = vertex_classes(importance[rows], beta_p, beta_k)
         classes[rows][pruned] = PRUNED
         classes[rows][kept] = KEPT
     octree = field.octree
@@ -221,7 +233,7 @@ def level_summary(grid, classes: torch.Tensor) -> list[dict]:
 def compress(trainer, field: RadianceField, options: VqrfOptions, log=print, progress=None) -> tuple:
     """The whole pipeline on ``trainer``'s training rays: (decoded field, encode options, report). A raw
     field gets VQRF, a VQ-AD field (learned indices) the hybrid."""
-    options.validate()
+    options.validate(field.grid.num_lods)
     learned = None
     if field.grid.kind == "vq":
         codebooks = field.grid.codebooks
