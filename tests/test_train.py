@@ -200,6 +200,19 @@ def test_pruning_keeps_parameters_and_adam_state_of_surviving_vertices(tiny_scen
     trainer.prune()
     new_grid = trainer.field.grid
     assert new_grid.flat.num_vertices < old_grid.flat.num_vertices
+    # the run's history records the vertices per level before and after (metrics.json carries it)
+    event = trainer.pruning[-1]
+    assert event["vertices_before"] == {str(l): old_grid.octree.num_vertices(l) for l in old_grid.levels}
+    assert event["vertices_after"] == {str(l): new_grid.octree.num_vertices(l) for l in new_grid.levels}
+    trainer.save_checkpoint()  # resumed runs keep the record; a malformed one is refused in one line
+    resumed = Trainer(tiny_scene, TrainConfig(bits=4, iters=15, seed=2, **TINY), tmp_path)
+    resumed.setup(resume=True)
+    assert resumed.pruning == trainer.pruning
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    ckpt["pruning"] = "everything"
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(TvqError, match="'pruning'"):
+        load_checkpoint(tmp_path / "bad.pt")
     new_avg = trainer.optimizer.state[new_grid.logits]["exp_avg"]
     for k, level in enumerate(new_grid.levels):
         start = int(new_grid.flat.vertex_start[k])

@@ -156,6 +156,8 @@ def validate(ckpt: dict, path: Path) -> None:
     def bad(name: str, what: str):
         raise TvqError(f"{path}: checkpoint field '{name}' should be {what}")
 
+    if "pruning" in ckpt and not (isinstance(ckpt["pruning"], list) and all(isinstance(e, dict) for e in ckpt["pruning"])):
+        bad("pruning", "a list of dicts")  # (newer than the format: optional)
     for name, check in _TOP.items():
         if name not in ckpt:
             raise TvqError(f"{path}: checkpoint field '{name}' is missing")

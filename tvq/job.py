@@ -148,6 +148,7 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
         "peak_gpu_memory_bytes": peak,
         "octree": vertex_report(trainer.field.octree, trainer.field.grid.levels),
         "history": trainer.history,
+        "pruning": trainer.pruning,  # the vertices per level before and after each pruning
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(config).items()},
     }
     if not write_file:

@@ -292,6 +292,7 @@ class Trainer:
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
+        self.pruning: list[dict] = []  # per pruning: its step and the vertices per level before and after
         self.field: RadianceField | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending: list[tuple[int, torch.Tensor]] = []  # (step, loss) not read from the device yet
@@ -351,6 +352,7 @@ class Trainer:
         self.optimizer.param_groups[0]["lazy"] = self.config.lazy_rows  # (a budget option, like the rates)
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
+        self.pruning = ckpt.get("pruning", [])
 
     def save_checkpoint(self) -> None:
         checkpoint.save(
@@ -370,6 +372,7 @@ class Trainer:
                 "step": self.step,
                 "elapsed": self.elapsed,
                 "history": self.history,
+                "pruning": self.pruning,
             },
             self.checkpoint_path,
         )
@@ -458,7 +461,11 @@ class Trainer:
             return
         new_octree = SparseOctree.from_leaf_codes(octree.max_level, octree.cells[octree.max_level][keep],
                                                   center=octree.center, scale=octree.scale)
+        counts = lambda o: {str(l): o.num_vertices(l) for l in field_.grid.levels}  # noqa: E731
+        vertices_before = counts(octree)
         self._remap(new_octree)
+        self.pruning.append({"step": self.step, "threshold": self.config.prune_threshold,
+                             "vertices_before": vertices_before, "vertices_after": counts(new_octree)})
         self.log(f"pruned at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
 
     def _remap(self, new_octree: SparseOctree) -> None:
