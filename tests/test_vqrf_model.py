@@ -177,3 +177,15 @@ def test_hybrid_keeps_the_learned_indices(compressed):
     for members in groups.values():
         assert torch.equal(features[members], features[members[:1]].expand(len(members), -1))
     assert bool((features[classes == PRUNED] == 0).all())
+
+
+def test_a_diverged_fine_tuning_writes_nothing(compressed, monkeypatch):
+    from tvq.compress import vqrf_model
+    from tvq.errors import TvqError
+
+    _, trainer, raw, _, _, _ = compressed
+    saved = trainer.field
+    monkeypatch.setattr(vqrf_model, "finetune", lambda *a, **k: [float("nan")])
+    with pytest.raises(TvqError, match="diverged"):
+        compress(trainer, raw, VqrfOptions(**OPTIONS), log=lambda _: None)
+    trainer.field = saved

@@ -68,7 +68,7 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
     from .. import runtime
     from ..data import load_scene
     from ..eval import evaluate
-    from ..export import checkpoint_cameras, write_field
+    from ..export import checkpoint_cameras, open_model, write_field
     from ..job import Bar
     from ..train import TrainConfig, Trainer, field_from_checkpoint
     from .vqrf_model import VqrfOptions, compress
@@ -95,11 +95,13 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
         decoded, kwargs, report = compress(trainer, field, options, log=log, progress=lambda i, n: bar(i))
     finally:
         bar.close()
-    after = evaluate(decoded, views, trainer.data.background, lods=last)[0]["psnr"] if views else None
     t = time.perf_counter()
     written = write_field(out, decoded, ckpt["scene"]["background"], checkpoint_cameras(ckpt), entropy=entropy,
                           info={"source": str(checkpoint), "method": method}, method=method, mlp=mlp, **kwargs)
     report["seconds"]["write"] = time.perf_counter() - t
+    # "after" is what the file renders (its decoder's weights as stored), not the field in memory
+    stored = open_model(out).field if views else None
+    after = evaluate(stored, views, trainer.data.background, lods=last)[0]["psnr"] if views else None
     written.update(report, psnr_before=before, psnr_after=after, eval_views=len(views),
                    compress_seconds=report["seconds"]["total"] + report["seconds"]["write"])
     return written

@@ -163,7 +163,8 @@ def finetune(trainer, quantized: QuantizedGrid, decoder, steps: int, progress=No
     trainer.field = RadianceField(quantized, decoder)
     groups = [{"params": quantized.grid_parameters(), "lr": c.lr * c.grid_lr_scale},
               {"params": list(decoder.parameters()), "lr": c.lr}]
-    trainer.optimizer = torch.optim.Adam(groups, eps=1e-15, fused=trainer.device.type == "cuda")
+    trainer.optimizer = torch.optim.Adam(groups, betas=(0.9, c.adam_beta2), eps=1e-15,
+                                         fused=trainer.device.type == "cuda")
     trainer.step, losses = 0, []
     for _ in range(steps):
         out = trainer.train_step()
@@ -247,8 +248,9 @@ def compress(trainer, field: RadianceField, options: VqrfOptions, log=print, pro
     gen = torch.Generator(device=data.images.device).manual_seed(options.seed)
     flat = torch.randperm(data.num_pixels, generator=gen, device=data.images.device)[:n]
     origins, dirs, _ = data.rays_at(flat)
+    chunk = 1 << 14 if origins.is_cuda else 1 << 13  # rays per pass: a training batch's worth on a GPU
     importance = vertex_importance(field, origins, dirs, data.background,
-                                   samples_per_cell=trainer.config.samples_per_cell)
+                                   samples_per_cell=trainer.config.samples_per_cell, chunk=chunk)
     if not bool(importance.sum() > 0):
         raise TvqError("the model renders nothing on its training rays (every vertex has zero importance)")
     before = level_summary(field.grid, torch.full_like(importance, QUANTISED, dtype=torch.int64))
@@ -264,6 +266,10 @@ def compress(trainer, field: RadianceField, options: VqrfOptions, log=print, pro
     losses = finetune(trainer, quantized, field.decoder, options.finetune_steps, progress)
     timings["finetune"] = time.perf_counter() - t
     decoded, levels = materialise(quantized, field.decoder, classes)
+    if not all(map(math.isfinite, losses)) or any(not bool(torch.isfinite(p).all()) for p in decoded.parameters()) \
+            or any(not bool(torch.isfinite(d["codebook"]).all()) for d in levels):
+        raise TvqError("fine-tuning diverged (non-finite loss or parameters): nothing written; try fewer "
+                       "--finetune-steps")
     timings["total"] = time.perf_counter() - t0
     report = {"levels_before": before, "levels": level_summary(decoded.grid, classes), "finetune_losses": losses,
               "seconds": timings}
