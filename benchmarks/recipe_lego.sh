@@ -7,8 +7,9 @@
 #
 # Each run is a row of RESULTS_DIR/recipe.json (its config, PSNR per LOD on the 25 test views, the quick
 # check every 500 steps, steps, peak memory; no .tvq file is written); a failed step is logged and the study
-# goes on. LEVERS (one JSON object per line) replaces the list below, TRAIN_CONFIG (JSON) the shared
-# training overrides, PROFILE_ARGS the profile's extra arguments (PROFILE=0 skips it).
+# goes on. LEVERS (one JSON object per line) replaces the list below, BITS the bitwidth (default 0),
+# TRAIN_CONFIG (JSON) the shared training overrides, PROFILE_ARGS the profile's extra arguments (PROFILE=0
+# skips it).
 set -euo pipefail
 scene=$(realpath "$1") results=$2 minutes=${3:-1}
 runs=${RUNS_DIR:-/tmp/tvq-recipe}
@@ -28,8 +29,9 @@ default_levers='{}
 {"density": "exp", "decoder_hidden": 64}
 {"density": "exp", "lr": 0.002}'
 specs=()
-while IFS= read -r lever; do [ -n "$lever" ] && specs+=("$scene:0:$minutes:$lever"); done <<< "${LEVERS:-$default_levers}"
-log "recipe runs: ${#specs[@]} x ${minutes} min at bits 0"
+bits=${BITS:-0}
+while IFS= read -r lever; do [ -n "$lever" ] && specs+=("$scene:$bits:$minutes:$lever"); done <<< "${LEVERS:-$default_levers}"
+log "recipe runs: ${#specs[@]} x ${minutes} min at bits $bits"
 step python3 -m benchmarks.train --runs "${specs[@]}" --runs-dir "$runs" --out "$results/recipe.json" --no-file \
   --config "${TRAIN_CONFIG:-{\"eval_every\": 500\}}"
 
