@@ -7,7 +7,9 @@ component, PSNR before and after on the test views, seconds per stage).
         --out benchmarks/results/vqrf-lego-h200.json
 
 Each configuration is a JSON object of ``VqrfOptions`` fields over ``--base`` (also JSON); its file is
-``OUT_DIR/NAME.tvq`` with NAME from the fields that differ from the base.
+``OUT_DIR/NAME.tvq`` with NAME from the fields that differ from the base. ``--runs METHOD@CHECKPOINT@JSON
+...`` adds runs of other checkpoints to the same process (the hybrid of a VQ-AD model beside VQRF of a raw
+one).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ def file_name(method: str, own: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--method", choices=("vqrf", "hybrid"), default="vqrf")
     parser.add_argument("--scene", default=None, help="the scene (default: the folder the checkpoint names)")
     parser.add_argument("--downscale", type=int, default=1)
     parser.add_argument("--base", default="{}", help="JSON of VqrfOptions fields shared by every configuration")
     parser.add_argument("--configs", nargs="+", default=["{}"], help="one JSON object of VqrfOptions fields each")
+    parser.add_argument("--runs", nargs="*", default=[], help="more runs: METHOD@CHECKPOINT@JSON each")
     parser.add_argument("--eval-views", type=int, default=25)
     parser.add_argument("--out-dir", required=True, help="folder for the .tvq files")
     parser.add_argument("--out", required=True, help="the JSON to write (rows are appended to an existing one)")
@@ -46,6 +49,7 @@ def main(argv=None) -> int:
     from tvq import runtime
     from tvq.compress import compress_checkpoint
     from tvq.compress.vqrf_model import VqrfOptions
+    from tvq.errors import TvqError
 
     runtime.ensure()
     base = json.loads(args.base)
@@ -53,15 +57,24 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = json.loads(Path(args.out).read_text()).get("runs", []) if Path(args.out).is_file() else []
     command = "python -m benchmarks.vqrf_ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-    for text in args.configs:
+    plan = [(args.method, args.checkpoint, text) for text in args.configs] if args.checkpoint else []
+    plan += [tuple(run.split("@", 2)) for run in args.runs]
+    for method, checkpoint, text in plan:
         own = json.loads(text)
         options = VqrfOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in {**base, **own}.items()})
-        path = out_dir / f"{file_name(args.method, own)}.tvq"
+        path = out_dir / f"{file_name(method, own)}.tvq"
         t0 = time.perf_counter()
-        report = compress_checkpoint(Path(args.checkpoint), path, args.method, scene=args.scene,
-                                     downscale=args.downscale, vqrf=options, eval_views=args.eval_views,
-                                     log=lambda m: print(m, flush=True))
-        row = {"file": str(path), "method": args.method, "options": vars(options), "wall_seconds":
+        try:
+            report = compress_checkpoint(Path(checkpoint), path, method, scene=args.scene,
+                                         downscale=args.downscale, vqrf=options, eval_views=args.eval_views,
+                                         log=lambda m: print(m, flush=True))
+        except TvqError as err:  # one configuration the model refuses: the study goes on
+            print(f"{path.name}: {err}", flush=True)
+            rows.append({"file": str(path), "method": method, "checkpoint": checkpoint, "options": vars(options),
+                         "error": str(err), "command": command})
+            write_json(args.out, {"runs": rows})
+            continue
+        row = {"file": str(path), "method": method, "checkpoint": checkpoint, "options": vars(options), "wall_seconds":
                time.perf_counter() - t0, "device": device_name(str(runtime.device())), "command": command,
                **{k: report[k] for k in ("file_bytes", "components", "lods", "levels", "levels_before", "psnr_before",
                                         "psnr_after", "eval_views", "seconds", "compress_seconds", "finetune_losses")}}

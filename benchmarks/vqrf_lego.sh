@@ -24,16 +24,15 @@ b0=$(ls -d "$runs/$name-bits0"* | head -1) b6=$runs/$name-bits6
 
 grid=()
 for p in 0.001 0.01 0.05; do for k in 0.6 0.9 0.99; do grid+=("{\"prune\": $p, \"keep\": $k}"); done; done
-log "vqrf: beta_p x beta_k grid, codebook sizes, fine-tuning steps"
+hybrid=()
+for c in '{}' '{"prune": 0.01, "keep": 0.9}' '{"prune": 0.01, "keep": 0.99}' '{"prune": 0.05, "keep": 0.99}' \
+  '{"prune": 0.01, "keep": [1, 1, 0.99, 0.99]}'; do hybrid+=("hybrid@$b6/checkpoint.pt@$c"); done
+log "vqrf (beta_p x beta_k grid, codebook sizes, fine-tuning steps, per-level thresholds) and the hybrid"
 step python3 -m benchmarks.vqrf_ablation --checkpoint "$b0/checkpoint.pt" --scene "$scene" --method vqrf \
   --base "{\"finetune_steps\": $ft}" --configs "${grid[@]}" '{"codebook": 1024}' '{"codebook": 16384}' \
   '{"finetune_steps": 0}' '{"finetune_steps": 500}' '{"finetune_steps": 4000}' \
   '{"prune": 0.01, "keep": [1, 0.99, 0.9, 0.9]}' '{"prune": [0.001, 0.001, 0.01, 0.05], "keep": [1, 0.99, 0.99, 0.99]}' \
-  --out-dir "$runs/files" --out "$results/vqrf.json"
-log "hybrid on the 6-bit model"
-step python3 -m benchmarks.vqrf_ablation --checkpoint "$b6/checkpoint.pt" --scene "$scene" --method hybrid \
-  --base "{\"finetune_steps\": $ft}" --configs '{}' '{"prune": 0.01, "keep": 0.9}' '{"prune": 0.01, "keep": 0.99}' \
-  '{"prune": 0.05, "keep": 0.99}' '{"prune": 0.01, "keep": [1, 1, 0.99, 0.99]}' --out-dir "$runs/files" --out "$results/hybrid.json"
+  --runs "${hybrid[@]}" --out-dir "$runs/files" --out "$results/vqrf.json"
 
 cp "$b0/model.tvq" "$runs/files/raw.tvq" && cp "$b6/model.tvq" "$runs/files/vqad6.tvq" || log "FAILED: no model.tvq"
 log "eval: every LOD prefix of every file"

@@ -149,3 +149,31 @@ def test_prune_study_prunes_less_with_dilation_and_writes_json(tmp_path):
         assert plain["cells"] <= grown["cells"] <= base["cells"]
         assert plain["file_bytes"] <= grown["file_bytes"] <= base["file_bytes"]
     assert rows[2]["cells"] < base["cells"]  # a high threshold really prunes
+
+
+def test_vqrf_ablation_writes_a_row_per_configuration_and_survives_a_refused_one(tmp_path):
+    from benchmarks import vqrf_ablation
+    from tvq import runtime
+    from tvq.data import load_scene
+    from tvq.data.synthetic import make_scene
+    from tvq.train import TrainConfig, Trainer
+
+    make_scene(tmp_path / "scene", size=24, n_train=6, n_val=0, n_test=2, seed=1)
+    runtime.init("cpu")
+    trainer = Trainer(load_scene(tmp_path / "scene"), TrainConfig(bits=0, iters=60, max_level=4, num_lods=2,
+                                                                  batch_rays=512, eval_every=0, density="exp"),
+                      tmp_path / "raw")
+    trainer.setup()
+    trainer.fit()
+    trainer.save_checkpoint()
+    out = tmp_path / "ablation.json"
+    base = json.dumps({"finetune_steps": 5, "kmeans_steps": 10, "codebook": 16})
+    assert vqrf_ablation.main(["--checkpoint", str(tmp_path / "raw" / "checkpoint.pt"), "--base", base,
+                               "--configs", '{"prune": 0.05}', '{"keep": [1, 0.9, 0.6]}', "--eval-views", "1",
+                               "--out-dir", str(tmp_path / "files"), "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 2 and "error" in runs[1] and "one per LOD" in runs[1]["error"]
+    ok = runs[0]
+    assert ok["file_bytes"] == (tmp_path / "files" / "vqrf-prune0.05.tvq").stat().st_size
+    assert ok["options"]["prune"] == 0.05 and ok["psnr_after"] > 0 and ok["eval_views"] == 1
+    assert [r["level"] for r in ok["levels"]] == [3, 4]
