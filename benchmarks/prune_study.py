@@ -28,11 +28,9 @@ from tvq import codec, runtime
 @torch.no_grad()
 def cell_weights(field, views, background, rays: int, seed: int = 0) -> torch.Tensor:
     from tvq.data.rays import pixel_rays
-    from tvq.prune import cell_of_points, sample_weights
+    from tvq.prune import add_cell_max_weights
 
-    octree = field.octree
-    level = octree.max_level
-    codes = octree.cells[level]
+    codes = field.octree.cells[field.octree.max_level]
     device = codes.device
     origins, dirs = zip(*(pixel_rays(torch.as_tensor(v.K), torch.as_tensor(v.c2w), width=v.image.shape[1],
                                      height=v.image.shape[0]) for v in views))
@@ -41,14 +39,7 @@ def cell_weights(field, views, background, rays: int, seed: int = 0) -> torch.Te
     origins, dirs = origins[pick].to(device), dirs[pick].to(device)
     best = torch.zeros(codes.numel(), device=device)
     for start in range(0, origins.shape[0], 1 << 13):
-        found = sample_weights(field, octree.normalize(origins[start:start + (1 << 13)]),
-                               dirs[start:start + (1 << 13)], background)
-        if found is None:
-            continue
-        points, w = found
-        rows = cell_of_points(points, codes, level)
-        ok = rows >= 0
-        best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")
+        add_cell_max_weights(best, field, origins[start:start + (1 << 13)], dirs[start:start + (1 << 13)], background)
     return best
 
 

@@ -24,71 +24,60 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class _Progress:
-    """A rich progress bar on a terminal; a line every few percent otherwise (logs, CI)."""
+class Bar:
+    """A progress bar for one stage of longer work (``label``, ``total`` units): rich on a terminal, a line
+    every ``1/ticks`` of the work otherwise (logs, CI). ``bar(done, info="", eta=None)`` updates it (``eta``,
+    seconds left, is shown on the lines; the terminal bar estimates its own with ``remaining``);
+    ``close()`` ends it."""
 
-    def __init__(self, total: int, start: int, minutes: float | None):
-        self.total, self.minutes = total, minutes
-        self.rich = None
-        self.last_line = -1
+    def __init__(self, label: str, total: int, log=_log, start: int = 0, ticks: int = 10,
+                 line_label: str | None = None, remaining: bool = False):
+        self.label, self.total, self.log, self.tick, self.rich = label, max(int(total), 1), log, -1, None
+        self.ticks, self.line_label = ticks, line_label or label
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
                 TimeRemainingColumn
 
-            self.rich = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                                 console=Console(stderr=True), transient=False)
-            self.task = self.rich.add_task("train", total=total, completed=start, info="")
+            columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+            if remaining:
+                columns += [TextColumn("eta"), TimeRemainingColumn()]
+            self.rich = Progress(*columns, TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+            self.task = self.rich.add_task(label, total=self.total, completed=start, info="")
             self.rich.start()
+
+    def __call__(self, done: int, info: str = "", eta: float | None = None) -> None:
+        if self.rich is not None:
+            self.rich.update(self.task, completed=done, info=info)
+            return
+        tick = done * self.ticks // self.total
+        if tick != self.tick:
+            self.tick = tick
+            line = f"{self.line_label} {done}/{self.total}  {info}".rstrip()
+            self.log(line + (f"  eta {eta:.0f} s" if eta is not None else ""))
+
+    def close(self) -> None:
+        if self.rich is not None:
+            self.rich.stop()
+
+
+class _Progress:
+    """Training's bar: loss, PSNR and throughput, a line every 5% off a terminal."""
+
+    def __init__(self, total: int, start: int, minutes: float | None):
+        self.minutes = minutes
+        self.bar = Bar("train", total, start=start, ticks=20, line_label="step", remaining=True)
 
     def __call__(self, trainer: Trainer, stats: dict) -> None:
         info = (f"loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  "
                 f"{stats['rays_per_s'] / 1e3:.0f}k rays/s  {stats['samples_per_s'] / 1e6:.1f}M samples/s")
         if self.minutes:
             info += f"  {trainer.elapsed / 60:.1f}/{self.minutes:g} min"
-        if self.rich is not None:
-            self.rich.update(self.task, completed=trainer.step, info=info)
-            return
-        tick = trainer.step * 20 // self.total
-        if tick != self.last_line:
-            self.last_line = tick
-            fraction = max(trainer.progress_fraction(), 1e-9)
-            eta = trainer.elapsed * (1 - fraction) / fraction
-            _log(f"step {trainer.step}/{self.total}  {info}  eta {eta:.0f} s")
+        fraction = max(trainer.progress_fraction(), 1e-9)
+        self.bar(trainer.step, info, eta=trainer.elapsed * (1 - fraction) / fraction)
 
     def close(self) -> None:
-        if self.rich is not None:
-            self.rich.stop()
-
-
-class Bar:
-    """A progress bar for one stage of longer work (``label``, ``total`` units): rich on a terminal, a line
-    every 10% otherwise. ``bar(done, info="")`` updates it; ``close()`` ends it."""
-
-    def __init__(self, label: str, total: int, log=_log):
-        self.label, self.total, self.log, self.tick, self.rich = label, max(int(total), 1), log, -1, None
-        if sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.rich = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.fields[info]}"), console=Console(stderr=True))
-            self.task = self.rich.add_task(label, total=self.total, info="")
-            self.rich.start()
-
-    def __call__(self, done: int, info: str = "") -> None:
-        if self.rich is not None:
-            self.rich.update(self.task, completed=done, info=info)
-            return
-        tick = done * 10 // self.total
-        if tick != self.tick:
-            self.tick = tick
-            self.log(f"{self.label} {done}/{self.total}  {info}".rstrip())
-
-    def close(self) -> None:
-        if self.rich is not None:
-            self.rich.stop()
+        self.bar.close()
 
 
 def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale: int = 1, resume: bool = False,

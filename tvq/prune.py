@@ -53,21 +53,29 @@ def vertex_rows(grid, octree) -> torch.Tensor:
 @torch.no_grad()
 def cell_max_weights(field, data, config, num_rays: int | None = None, chunk: int = 1 << 13) -> torch.Tensor:
     """Max rendering weight of each finest-level cell over ``num_rays`` random training rays."""
-    octree = field.octree
-    level = octree.max_level
-    codes = octree.cells[level]
+    codes = field.octree.cells[field.octree.max_level]
     best = torch.zeros(codes.numel(), device=codes.device)
     num_rays = num_rays or min(data.num_pixels, 1 << 20)
     gen = torch.Generator(device=codes.device).manual_seed(config.seed + 1)
     flat = torch.randperm(data.num_pixels, generator=gen, device=codes.device)[:num_rays]
     for start in range(0, flat.numel(), chunk):
         origins, dirs, _ = data.rays_at(flat[start:start + chunk])
-        found = sample_weights(field, octree.normalize(origins), dirs, data.background, config.samples_per_cell,
-                               config.max_samples_per_ray)
-        if found is None:
-            continue
-        points, w = found
-        rows = cell_of_points(points, codes, level)
-        ok = rows >= 0
-        best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")
+        add_cell_max_weights(best, field, origins, dirs, data.background, config.samples_per_cell,
+                             config.max_samples_per_ray)
     return best
+
+
+@torch.no_grad()
+def add_cell_max_weights(best: torch.Tensor, field, origins: torch.Tensor, dirs: torch.Tensor,
+                         background: torch.Tensor, samples_per_cell: int = 4, max_samples_per_ray: int = 1024) -> None:
+    """Raise ``best`` (one entry per finest-level cell) to the largest rendering weight of any sample of
+    these world-space rays inside each cell."""
+    octree = field.octree
+    level = octree.max_level
+    found = sample_weights(field, octree.normalize(origins), dirs, background, samples_per_cell, max_samples_per_ray)
+    if found is None:
+        return
+    points, w = found
+    rows = cell_of_points(points, octree.cells[level], level)
+    ok = rows >= 0
+    best.scatter_reduce_(0, rows[ok], w[ok], reduce="amax")

@@ -217,8 +217,8 @@ def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = Non
     grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=kind,
                          bits=0 if kind == "raw" else config.bits, seed=config.seed)
     torch.manual_seed(config.seed)
-    return RadianceField(grid, Decoder(config.feature_dim, hidden=config.decoder_hidden,
-                                                   density=config.density)).to(octree.device)
+    decoder = Decoder(config.feature_dim, hidden=config.decoder_hidden, density=config.density)
+    return RadianceField(grid, decoder).to(octree.device)
 
 
 def octree_state(octree: SparseOctree) -> dict:

@@ -45,6 +45,11 @@ COMPONENT = {"mlp": "mlp", "mlp-refine": "mlp", "structure": "structure", "featu
 PRUNED, QUANTISED, KEPT = 0, 1, 2
 
 
+def dequantize_uint8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """8-bit kept features back to floats: offset + scale q (``tvq.compress.vqrf.quantize_uint8`` writes them)."""
+    return offset + scale * q.float()
+
+
 def index_bits(codes: int) -> int:
     """Bits of an index into ``codes`` codes (at least 1)."""
     return max(1, (int(codes) - 1).bit_length())
@@ -408,9 +413,8 @@ class ModelAssembler:
             return
         kind, level, m = entry["kind"], entry["level"], self.model
         if kind == "mlp":
-            d = m["decoder"]
-            decoder = Decoder(m["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"], density=d["density"])
-            self.mlp_steps = load_mlp(decoder, raw, d.get("weights", "fp16"))
+            decoder = self._new_decoder()
+            self.mlp_steps = load_mlp(decoder, raw, m["decoder"].get("weights", "fp16"))
             self.decoder = decoder
         elif kind == "mlp-refine":
             refine_mlp(self.decoder, raw, self.mlp_steps)
@@ -484,17 +488,20 @@ class ModelAssembler:
         codebook = _from_fp16(data["codebook"], (codes, F))
         raw = data["kept-features"]
         scale, offset = _from_fp16(raw[:2 * F], (F,)), _from_fp16(raw[2 * F:4 * F], (F,))
-        kept_q = torch.from_numpy(np.frombuffer(raw[4 * F:], np.uint8).astype(np.float32).reshape(kept, F))
+        kept_q = torch.from_numpy(np.frombuffer(raw[4 * F:], np.uint8).copy().reshape(kept, F))
         features = torch.zeros(n, F)
         features[classes == QUANTISED] = codebook[idx]
-        features[classes == KEPT] = offset + scale * kept_q
+        features[classes == KEPT] = dequantize_uint8(kept_q, scale, offset)
         if not bool(torch.isfinite(features).all()):
             raise FormatError(f"{self.name}: level {level}: non-finite features")
         return features
 
-    def _decoder_copy(self) -> Decoder:
+    def _new_decoder(self) -> Decoder:
         d = self.model["decoder"]
-        copy = Decoder(self.model["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"], density=d["density"])
+        return Decoder(self.model["feature_dim"], hidden=d["hidden"], num_freqs=d["num_freqs"], density=d["density"])
+
+    def _decoder_copy(self) -> Decoder:
+        copy = self._new_decoder()
         copy.load_state_dict(self.decoder.state_dict())
         return copy
 

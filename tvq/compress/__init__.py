@@ -36,15 +36,13 @@ def compress_checkpoint(checkpoint: Path, out: Path, method: str, bits: int = 6,
     if method not in METHODS:
         raise TvqError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     ckpt = load_checkpoint(checkpoint)
-    if method == "hybrid":
-        if ckpt["grid_kind"] != "vq":
-            raise TvqError(f"{checkpoint}: hybrid compresses a VQ-AD model with learned indices (tvq train --bits b); "
-                           f"this one is {ckpt['grid_kind']}")
-        return _compress_vqrf(ckpt, checkpoint, out, scene, downscale, vqrf, entropy, mlp, eval_views, log, method)
-    if ckpt["grid_kind"] != "raw":
+    if method == "hybrid" and ckpt["grid_kind"] != "vq":
+        raise TvqError(f"{checkpoint}: hybrid compresses a VQ-AD model with learned indices (tvq train --bits b); "
+                       f"this one is {ckpt['grid_kind']}")
+    if method != "hybrid" and ckpt["grid_kind"] != "raw":
         raise TvqError(f"{checkpoint}: {method} compresses an uncompressed model (tvq train --bits 0); this one is "
                        f"{ckpt['grid_kind']} (export it with `tvq export` instead)")
-    if method == "vqrf":
+    if method in ("vqrf", "hybrid"):
         return _compress_vqrf(ckpt, checkpoint, out, scene, downscale, vqrf, entropy, mlp, eval_views, log, method)
     field = field_from_checkpoint(ckpt, torch.device("cpu"), checkpoint)
     t0 = time.perf_counter()
@@ -73,8 +71,9 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
     from ..train import TrainConfig, Trainer, field_from_checkpoint
     from .vqrf_model import VqrfOptions, compress
 
+    config = TrainConfig(**ckpt["config"])
     options = options or VqrfOptions()
-    options.validate(TrainConfig(**ckpt["config"]).num_lods)
+    options.validate(config.num_lods)
     scene_path = Path(scene_path or ckpt["scene"]["root"])
     if not scene_path.is_dir():
         raise TvqError(f"{scene_path}: the checkpoint's scene is not there; pass --scene (vqrf needs its training rays)")
@@ -85,7 +84,7 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
                        f"{cams['width']}x{cams['height']} (another --downscale?)")
     runtime.ensure()
     device = runtime.device()
-    trainer = Trainer(scene, TrainConfig(**ckpt["config"]), Path(out).parent, log=log)
+    trainer = Trainer(scene, config, Path(out).parent, log=log)
     field = field_from_checkpoint(ckpt, device, checkpoint)
     views = (scene.split("test") or scene.split("val"))[:eval_views]
     last = [field.num_lods - 1]

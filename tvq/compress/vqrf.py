@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from ..codec.model import dequantize_uint8  # noqa: F401  (the reader's inverse of quantize_uint8)
 from ..kmeans import full_precision_matmul, kmeans_plus_plus, nearest
 
 DEAD = 0.5  # a code whose capacity is below this fraction of the mean counts as under-used
@@ -160,8 +161,6 @@ def quantize_uint8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return q, scale, offset
 
 
-def dequantize_uint8(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    return offset + scale * q.float()
 
 
 class QuantizedGrid(torch.nn.Module):

@@ -38,14 +38,14 @@ import numpy as np
 import torch
 
 from ..codec import Chunk
-from ..codec.model import FP16_CODECS, INDEX_CODECS, KEPT, PRUNED, QUANTISED, _fp16, field_chunks, index_bits
+from ..codec.model import (FP16_CODECS, INDEX_CODECS, KEPT, PRUNED, QUANTISED, _fp16, dequantize_uint8, field_chunks,
+                           index_bits)
 from ..codec import bitpack
 from ..errors import TvqError
 from ..field import FeatureOctree, RadianceField
 from ..octree import SparseOctree
 from ..prune import vertex_rows
-from .vqrf import (QuantizedGrid, importance_codebook, quantize_uint8, dequantize_uint8, surviving_cells,
-                   vertex_classes, vertex_importance)
+from .vqrf import QuantizedGrid, importance_codebook, quantize_uint8, surviving_cells, vertex_classes, vertex_importance
 
 
 @dataclass
@@ -136,15 +136,15 @@ def build_codebooks(field: RadianceField, importance: torch.Tensor, classes: tor
     books, assigns, offset = [], [], 0
     for k, rows in enumerate(_level_slices(grid)):
         quantised = torch.nonzero(classes[rows] == QUANTISED).flatten() + rows.start
-        codes = level_codes(quantised.numel(), options.codebook)
         if learned is not None:
             codes = learned[0].shape[0] // grid.num_lods
             book, assign = learned[0][k * codes:(k + 1) * codes].detach().float(), learned[1][quantised] - k * codes
-        elif quantised.numel() == 0:
-            book, assign = torch.zeros(codes, grid.feature_dim, device=importance.device), quantised
         else:
-            book, assign = importance_codebook(grid.features[quantised], importance[quantised], codes,
-                                               steps=options.kmeans_steps, seed=options.seed + k)
+            codes = level_codes(quantised.numel(), options.codebook)
+            book, assign = (importance_codebook(grid.features[quantised], importance[quantised], codes,
+                                                steps=options.kmeans_steps, seed=options.seed + k)
+                            if quantised.numel() else
+                            (torch.zeros(codes, grid.feature_dim, device=importance.device), quantised))
         log(f"level {grid.levels[k]}: {codes} codes for {quantised.numel():,} vertices"
             + (" (learned)" if learned is not None else ""))
         books.append(book)
@@ -180,7 +180,7 @@ def finetune(trainer, quantized: QuantizedGrid, decoder, steps: int, progress=No
 def materialise(quantized: QuantizedGrid, decoder, classes: torch.Tensor):
     """The decoded field (a raw grid: 0, codebook rows and 8-bit kept features) and what the file stores."""
     grid_q = quantized
-    table = grid_q.table().detach()
+    table = grid_q.table().detach()  # pruned rows 0; the others are replaced below by what the file stores
     grid = FeatureOctree(grid_q.octree, num_lods=grid_q.num_lods, feature_dim=grid_q.feature_dim, kind="raw")
     grid.features.data.copy_(table)
     levels = []
