@@ -140,16 +140,18 @@ def train_cmd(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Training time budget (stops at iters or minutes)."),
     downscale: int = typer.Option(1, "--downscale", min=1, help="Downscale images by this factor."),
     batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
-    lr_decay: float = typer.Option(1.0, "--lr-decay", help="Final learning rate relative to the start "
-                                   "(exponential decay over the budget; 1 keeps it constant)."),
+    lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help="Final learning rate relative to the start "
+                                             "(exponential decay over the budget; 1 keeps it constant; default: 0.1 "
+                                             "with raw features, 1 with indices)."),
     vq_warmup: Optional[float] = typer.Option(None, "--vq-warmup", help="With --bits: fraction of the budget "
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
-    density: Density = typer.Option(Density.relu, "--density", help="Decoder density activation: relu (paper) or exp "
-                                    "(a truncated exponential: sharper surfaces)."),
-    decoder_hidden: int = typer.Option(128, "--decoder-hidden", help="Width of the decoder MLP's hidden layer."),
-    adam_beta2: float = typer.Option(0.999, "--adam-beta2", help="Adam's second-moment decay."),
+    density: Density = typer.Option(Density.exp, "--density", help="Decoder density activation: exp (a truncated "
+                                    "exponential: sharper surfaces, fewer cells) or relu (the paper's)."),
+    decoder_hidden: int = typer.Option(64, "--decoder-hidden", help="Width of the decoder MLP's hidden layer "
+                                       "(the paper's: 128)."),
+    adam_beta2: float = typer.Option(0.99, "--adam-beta2", help="Adam's second-moment decay (the paper's: 0.999)."),
     random_background: bool = typer.Option(False, "--random-background", help="Composite each training ray on a random "
                                            "colour (needs alpha masks in every training view)."),
     octree: OctreeSource = typer.Option(OctreeSource.auto, "--octree",

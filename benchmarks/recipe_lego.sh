@@ -17,17 +17,16 @@ source "$(dirname "$0")/_study.sh"
 scene=$(private_scene "$scene")
 
 default_levers='{}
-{"density": "exp"}
-{"density": "exp", "lr_decay": 0.1}
-{"density": "exp", "batch_rays": 65536}
-{"density": "exp", "batch_rays": 32768}
-{"density": "exp", "adam_beta2": 0.99}
-{"density": "exp", "lazy_rows": true}
-{"density": "exp", "prune_threshold": 0.01}
-{"density": "exp", "prune_at": [500, 2000, 4000]}
-{"density": "exp", "samples_per_cell": 2}
-{"density": "exp", "decoder_hidden": 64}
-{"density": "exp", "lr": 0.002}'
+{"density": "relu"}
+{"lr_decay": 1.0}
+{"adam_beta2": 0.999}
+{"decoder_hidden": 128}
+{"decoder_hidden": 32}
+{"batch_rays": 32768}
+{"samples_per_cell": 2}
+{"lazy_rows": true}
+{"prune_threshold": 0.003}
+{"lr": 0.002}'
 specs=()
 bits=${BITS:-0}
 while IFS= read -r lever; do [ -n "$lever" ] && specs+=("$scene:$bits:$minutes:$lever"); done <<< "${LEVERS:-$default_levers}"

@@ -1,8 +1,9 @@
-"""The README's recipe-study table, from a study's JSON (``benchmarks/recipe_lego.sh`` runs, grouped):
-one row per run, the options it changed against today's defaults, PSNR per LOD on the test views, steps,
-time to 30 dB and peak GPU memory.
+"""The README's recipe-study table, from studies' JSON (``benchmarks/recipe_lego.sh`` runs, grouped, or a
+``benchmarks.train`` output, one group named after its file): one row per run, the options it changed
+against the paper's recipe (what the studies started from), PSNR per LOD on the test views, steps, time to
+30 dB and peak GPU memory.
 
-    python -m benchmarks.recipe_table benchmarks/results/recipe-lego-h200.json
+    python -m benchmarks.recipe_table benchmarks/results/recipe-lego-h200.json benchmarks/results/recipe-lego-h200-bits6.json
 """
 
 from __future__ import annotations
@@ -11,14 +12,17 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from tvq.train import TrainConfig
 
 BUDGET_KEYS = {"iters", "minutes", "eval_every", "bits"}  # how long a run went (bits: a column of its own)
+# the paper's recipe, where today's defaults differ from it: the baseline every study row is described against
+PAPER_RECIPE = {"density": "relu", "decoder_hidden": 128, "adam_beta2": 0.999, "lr_decay": 1.0}
 
 
 def changed(config: dict) -> str:
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PAPER_RECIPE}
     diff = []
     for key, value in config.items():
         default = defaults.get(key)
@@ -28,22 +32,22 @@ def changed(config: dict) -> str:
             continue
         if key == "prune_at" and value == [500, 2000]:  # the default the trainer resolves for a visual hull
             continue
-        diff.append(f"{key} {json.dumps(value)}")
-    return ", ".join(diff) or "today's defaults"
+        diff.append(f"{key} {'auto' if value is None else json.dumps(value)}")
+    return ", ".join(diff) or "the paper's recipe"
 
 
-def rows(study: dict):
-    for group, runs in study["groups"].items():
+def rows(study: dict, name: str = "runs"):
+    for group, runs in (study["groups"] if "groups" in study else {name: study["runs"]}).items():
         for run in runs:
             if run["train_seconds"] < 30:  # a warm-up run (compiles the kernels)
                 continue
             yield group, run
 
 
-def table(study: dict) -> str:
+def table(studies: list[tuple[str, dict]]) -> str:
     lines = ["| group | bits | changed | train | steps | PSNR per LOD (finest last) | to 30 dB | peak GPU |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for group, run in rows(study):
+    for group, run in (row for name, study in studies for row in rows(study, name)):
         lods = " / ".join(f"{lod['psnr']:.2f}" for lod in run["lods"])
         to30 = f"{run['seconds_to_30db']:.1f} s" if run.get("seconds_to_30db") else "-"
         peak = f"{run['peak_gpu_memory_bytes'] / 2 ** 30:.1f} GB" if run.get("peak_gpu_memory_bytes") else "-"
@@ -54,10 +58,9 @@ def table(study: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("study", help="the study's JSON ({'groups': {name: [run rows]}})")
+    parser.add_argument("studies", nargs="+", help="JSON of {'groups': {name: [run rows]}} or {'runs': [run rows]}")
     args = parser.parse_args(argv)
-    with open(args.study) as f:
-        print(table(json.load(f)))
+    print(table([(Path(p).stem, json.loads(Path(p).read_text())) for p in args.studies]))
     return 0
 
 

@@ -177,3 +177,61 @@ def test_vqrf_ablation_writes_a_row_per_configuration_and_survives_a_refused_one
     assert ok["file_bytes"] == (tmp_path / "files" / "vqrf-prune0.05.tvq").stat().st_size
     assert ok["options"]["prune"] == 0.05 and ok["psnr_after"] > 0 and ok["eval_views"] == 1
     assert [r["level"] for r in ok["levels"]] == [3, 4]
+
+
+def test_rd_plot_draws_the_named_curves_from_the_first_table_that_has_them(tmp_path):
+    from benchmarks import rd_plot
+
+    def row(name, lod, size, psnr):
+        return {"file": f"/x/{name}.tvq", "name": name, "lod": lod, "level": 5 + lod, "bytes": size, "psnr": psnr}
+
+    new = {"scene": "/s/lego", "split": "test", "views": 25, "refs": [{"name": "VQRF", "bytes": 1.5e6, "psnr": 35.4}],
+           "rows": [row("vqad6", 0, 1e4, 23.0), row("vqad6", 1, 1e5, 30.0), row("other", 0, 1e4, 20.0)]}
+    old = {"scene": "/s/lego", "split": "test", "views": 25, "rows": [row("vqad6", 0, 2e4, 1.0), row("hash12", 0, 3e4, 24.0)]}
+    rows = rd_plot.select([new, old], ["vqad6=VQ-AD 6-bit", "hash12"])
+    assert [(r["name"], r["bytes"]) for r in rows] == [("VQ-AD 6-bit", 1e4), ("VQ-AD 6-bit", 1e5), ("hash12", 3e4)]
+    with pytest.raises(SystemExit, match="nope"):
+        rd_plot.select([new, old], ["nope"])
+    paths = []
+    for i, table in enumerate((new, old)):
+        paths.append(tmp_path / f"rd{i}.json")
+        paths[-1].write_text(json.dumps(table))
+    out = tmp_path / "rd.png"
+    assert rd_plot.main([*map(str, paths), "--curves", "vqad6", "hash12", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vqrf_table_describes_options_against_the_papers_and_lists_refused_runs():
+    from benchmarks.vqrf_table import table
+
+    def run(method, size, **options):
+        return {"method": method, "file_bytes": size, "options": {"prune": 0.001, "keep": 0.6, "codebook": 4096,
+                                                                  "finetune_steps": 2000, **options},
+                "levels": [{"pruned": 1, "quantised": 2, "kept": 3}], "lods": [{"end": 12_000}],
+                "components": {"indices": 5e5, "features": 1e5, "structure": 2e5, "codebooks": 8e3},
+                "psnr_before": 34.0, "psnr_after": 32.5, "compress_seconds": 54.2}
+
+    text = table([run("vqrf", 2_000_000), run("vqrf", 1_000_000, keep=[1, 0.99]),
+                  {"file": "x.tvq", "method": "vqrf", "error": "lower --prune"}])
+    lines = text.splitlines()
+    assert "| vqrf | the paper's | 1 / 2 / 3 | 2.00 MB | 12.0 kB | 500 / 100 / 200 / 8 kB | 34.00 -> 32.50 dB | 54 s |" \
+        == lines[2]
+    assert lines[3].startswith("| vqrf | keep 1,0.99 |")
+    assert lines[-1] == "refused: x.tvq: lower --prune"
+
+
+def test_recipe_table_reads_grouped_and_plain_studies_against_the_papers_recipe():
+    from benchmarks.recipe_table import PAPER_RECIPE, table
+
+    def run(seconds, **config):
+        return {"bits": 0, "train_seconds": seconds, "iterations": 9000, "seconds_to_30db": 9.0,
+                "peak_gpu_memory_bytes": 2 ** 31, "lods": [{"psnr": 30.0}, {"psnr": 33.5}],
+                "config": {**PAPER_RECIPE, "iters": 10 ** 6, "minutes": 1.0, **config}}
+
+    text = table([("first", {"groups": {"levers": [run(5.0), run(60.0), run(60.0, density="exp")]}}),
+                  ("defaults", {"runs": [run(60.0, density="exp", lr_decay=None)]})])
+    lines = text.splitlines()[2:]
+    assert len(lines) == 3  # the 5-second warm-up run is left out
+    assert lines[0].startswith("| levers | 0 | the paper's recipe | 60 s | 9,000 | 30.00 / 33.50 | 9.0 s | 2.0 GB |")
+    assert lines[1].startswith('| levers | 0 | density "exp" |')
+    assert lines[2].startswith('| defaults | 0 | density "exp", lr_decay auto |')

@@ -5,6 +5,8 @@ import json
 import imageio.v3 as iio
 import pytest
 
+from tvq.train import TrainConfig
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tvq):
@@ -121,8 +123,10 @@ def test_export_without_entropy_matches_the_papers_accounting(trained, tvq):
             assert payload == (vertices * m["bits"] + 7) // 8
         elif row["kind"] == "codebook":
             assert payload == (1 << m["bits"]) * m["feature_dim"] * 2
-        elif row["kind"] == "mlp":
-            assert payload == 2 * (43 * 128 + 128 + 4 * 128 + 4)
+        elif row["kind"] == "mlp":  # fp16 weights and biases of both layers, the inputs 16 features + 27 of the direction
+            hidden = m["decoder"]["hidden"]
+            assert hidden == TrainConfig().decoder_hidden
+            assert payload == 2 * (43 * hidden + hidden + 4 * hidden + 4)
     entropy = (root / "run" / "model.tvq").stat().st_size
     assert entropy <= out.stat().st_size
 

@@ -13,10 +13,11 @@ features (zero where the level's cell is not occupied). Three ways to hold the v
 A decoded VQ model (``learned=False``) holds the hard b-bit codes as a buffer instead of the logits: it
 renders exactly what the trained model renders, at a fraction of the memory.
 
-The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> 128 (ReLU) -> 4: density and colour
-(sigmoid), shared by every LOD. The density activation is ``relu`` (the paper's) or ``exp``
-(instant-ngp's): an opaque surface needs sigma dt of a few units in a cell of 2/256, sigma ~ 10^3, which
-a ReLU reaches only through large features and weights, an exponential at an output of ~7.
+The decoder maps feature ⊕ PE(view direction) (16 + 27 = 43) -> hidden (ReLU) -> 4: density and colour
+(sigmoid), shared by every LOD; hidden is 128 in the paper, 64 in tvq's training recipe. The density
+activation is ``relu`` (the paper's) or ``exp`` (instant-ngp's; tvq's recipe): an opaque surface needs
+sigma dt of a few units in a cell of 2/256, sigma ~ 10^3, which a ReLU reaches only through large features
+and weights, an exponential at an output of ~7.
 """
 
 from __future__ import annotations
