@@ -147,11 +147,13 @@ def train_cmd(
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
-    density: Density = typer.Option(Density.exp, "--density", help="Decoder density activation: exp (a truncated "
-                                    "exponential: sharper surfaces, fewer cells) or relu (the paper's)."),
-    decoder_hidden: int = typer.Option(64, "--decoder-hidden", help="Width of the decoder MLP's hidden layer "
-                                       "(the paper's: 128)."),
-    adam_beta2: float = typer.Option(0.99, "--adam-beta2", help="Adam's second-moment decay (the paper's: 0.999)."),
+    density: Optional[Density] = typer.Option(None, "--density", help="Decoder density activation: exp (a truncated "
+                                              "exponential: sharper surfaces, fewer cells; default) or relu (the "
+                                              "paper's)."),
+    decoder_hidden: Optional[int] = typer.Option(None, "--decoder-hidden", help="Width of the decoder MLP's hidden "
+                                                 "layer (default 64; the paper's: 128)."),
+    adam_beta2: Optional[float] = typer.Option(None, "--adam-beta2", help="Adam's second-moment decay (default 0.99; "
+                                               "the paper's: 0.999)."),
     random_background: bool = typer.Option(False, "--random-background", help="Composite each training ray on a random "
                                            "colour (needs alpha masks in every training view)."),
     octree: OctreeSource = typer.Option(OctreeSource.auto, "--octree",
@@ -168,12 +170,16 @@ def train_cmd(
     from tvq.train import TrainConfig
 
     steps = _parse_steps(prune_at) if prune_at else None
+    # recipe options left unset take TrainConfig's defaults, or on --resume the checkpoint's own
+    recipe = {"density": _value(density), "decoder_hidden": decoder_hidden, "adam_beta2": adam_beta2,
+              "lr_decay": lr_decay}
+    given = {key: value for key, value in recipe.items() if value is not None}
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
-                         batch_rays=batch_rays, lr_decay=lr_decay, vq_warmup=vq_warmup,
-                         samples_per_cell=samples_per_cell, octree_from=octree.value, prune_at=steps, eval_every=eval_every,
-                         seed=seed, density=density.value, decoder_hidden=decoder_hidden, adam_beta2=adam_beta2,
-                         random_background=random_background)
-    metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=_value(arch))
+                         batch_rays=batch_rays, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell,
+                         octree_from=octree.value, prune_at=steps, eval_every=eval_every, seed=seed,
+                         random_background=random_background, **given)
+    metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=_value(arch),
+                          inherit=tuple(key for key in recipe if key not in given))
     typer.echo(format_table(metrics))
     typer.echo(f"metrics: {out / 'metrics.json'}   renders: {out / 'renders'}   checkpoint: {out / 'checkpoint.pt'}")
 

@@ -3,7 +3,8 @@
 against the paper's recipe (what the studies started from), PSNR per LOD on the test views, steps, time to
 30 dB and peak GPU memory.
 
-    python -m benchmarks.recipe_table benchmarks/results/recipe-lego-h200.json benchmarks/results/recipe-lego-h200-bits6.json
+    python -m benchmarks.recipe_table benchmarks/results/recipe-lego-h200.json \
+        "vq, leave one out=benchmarks/results/recipe-lego-h200-bits6.json"
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def changed(config: dict) -> str:
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PAPER_RECIPE}
     diff = []
     for key, value in config.items():
+        if key == "lr_decay" and value is None:  # today's default: decay for raw features only
+            value = 0.1 if config.get("bits", 0) == 0 else 1.0
         default = defaults.get(key)
         if isinstance(default, tuple):
             default = list(default)
@@ -32,7 +35,7 @@ def changed(config: dict) -> str:
             continue
         if key == "prune_at" and value == [500, 2000]:  # the default the trainer resolves for a visual hull
             continue
-        diff.append(f"{key} {'auto' if value is None else json.dumps(value)}")
+        diff.append(f"{key} {json.dumps(value)}")
     return ", ".join(diff) or "the paper's recipe"
 
 
@@ -58,9 +61,14 @@ def table(studies: list[tuple[str, dict]]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="+", help="JSON of {'groups': {name: [run rows]}} or {'runs': [run rows]}")
+    parser.add_argument("studies", nargs="+", help="[LABEL=]PATH of JSON holding {'groups': {name: [run rows]}} or "
+                        "{'runs': [run rows]} (the group of the latter: LABEL, else the file's name)")
     args = parser.parse_args(argv)
-    print(table([(Path(p).stem, json.loads(Path(p).read_text())) for p in args.studies]))
+    studies = []
+    for spec in args.studies:
+        label, _, path = spec.rpartition("=")
+        studies.append((label or Path(path).stem, json.loads(Path(path).read_text())))
+    print(table(studies))
     return 0
 
 

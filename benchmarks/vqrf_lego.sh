@@ -33,10 +33,13 @@ for c in "${grid[@]}" '{"codebook": 1024}' '{"codebook": 16384}' '{"finetune_ste
 for c in '{}' '{"prune": 0.01, "keep": 0.9}' '{"prune": 0.01, "keep": 0.99}' '{"prune": 0.05, "keep": 0.99}' \
   '{"prune": 0.01, "keep": [1, 1, 0.99, 0.99]}'; do plan+=("hybrid@$b6/checkpoint.pt@$c"); done
 jobs=${JOBS:-1}
+[ "$jobs" -ge 1 ] || { log "JOBS must be at least 1"; exit 2; }
+rm -f "$results"/vqrf-[0-9]*.json  # an interrupted study's rows would be appended to
 log "vqrf (beta_p x beta_k grid, codebook sizes, fine-tuning steps, per-level thresholds) and the hybrid: ${#plan[@]} files in $jobs processes"
 for ((j = 0; j < jobs; j++)); do
   mine=()
   for ((i = j; i < ${#plan[@]}; i += jobs)); do mine+=("${plan[$i]}"); done
+  [ ${#mine[@]} -gt 0 ] || continue
   (
     # the other processes start once the first file is written, so that its compression time is measured alone
     for ((t = 0; j > 0 && t < 600; t += 2)); do [ -f "$results/vqrf-0.json" ] && break; sleep 2; done
@@ -45,8 +48,9 @@ for ((j = 0; j < jobs; j++)); do
   ) &
 done
 wait
-python3 -c 'import json, sys; json.dump({"runs": [r for f in sys.argv[2:] for r in json.load(open(f))["runs"]]},
-  open(sys.argv[1], "w"), indent=1)' "$results/vqrf.json" "$results"/vqrf-[0-9]*.json && rm "$results"/vqrf-[0-9]*.json
+step python3 -c 'import json, sys; json.dump({"runs": [r for f in sys.argv[2:] for r in json.load(open(f))["runs"]]},
+  open(sys.argv[1], "w"), indent=1)' "$results/vqrf.json" "$results"/vqrf-[0-9]*.json
+rm -f "$results"/vqrf-[0-9]*.json
 step tvq compress "$b0/checkpoint.pt" --method kmeans --bits 6 -o "$runs/files/kmvq6.tvq"
 
 cp "$b0/model.tvq" "$runs/files/raw.tvq" && cp "$b6/model.tvq" "$runs/files/vqad6.tvq" || log "FAILED: no model.tvq"

@@ -36,7 +36,7 @@ def table(runs: list[dict]) -> str:
                      f"{run['lods'][0]['end'] / 1e3:.1f} kB | {parts} kB | {run['psnr_before']:.2f} -> "
                      f"{run['psnr_after']:.2f} dB | {run['compress_seconds']:.0f} s |")
     refused = [r for r in runs if "error" in r]
-    return "\n".join(lines + [f"\nrefused: {r['file']}: {r['error']}" for r in refused])
+    return "\n".join(lines + [""] * bool(refused) + [f"refused: {r['file']}: {r['error']}" for r in refused])
 
 
 def main(argv=None) -> int:

@@ -207,6 +207,36 @@ def test_train_recipe_options_reach_the_model(trained, tvq):
     assert not (root / "bad").exists()
 
 
+def test_resume_keeps_the_runs_own_recipe_unless_the_command_sets_it(trained, tvq):
+    """A run trained with a recipe other than today's defaults resumes with its own when the command leaves the
+    recipe options out; a shape option that contradicts the checkpoint is a one-line error; an explicit
+    --adam-beta2 reaches the restored optimiser."""
+    from tvq import checkpoint
+
+    root, _ = trained
+    common = ("--bits", 0, "--max-level", 5, "--num-lods", 2, "--batch-rays", 512, "--samples-per-cell", 2,
+              "--eval-every", 0, "--arch", "cpu")
+    run = tvq("train", root / "scene", "--out", root / "paper", "--iters", 10, *common, "--density", "relu",
+              "--decoder-hidden", 32, "--adam-beta2", 0.999, "--lr-decay", 0.5)
+    assert run.returncode == 0, run.stderr
+    again = tvq("train", root / "scene", "--out", root / "paper", "--iters", 20, "--resume", *common)
+    assert again.returncode == 0, again.stderr
+    metrics = json.loads((root / "paper" / "metrics.json").read_text())
+    assert metrics["iterations"] == 20
+    config = metrics["config"]
+    assert (config["density"], config["decoder_hidden"], config["adam_beta2"], config["lr_decay"]) == (
+        "relu", 32, 0.999, 0.5)
+    clash = tvq("train", root / "scene", "--out", root / "paper", "--iters", 30, "--resume", *common,
+                "--decoder-hidden", 64)
+    assert clash.returncode == 2 and "decoder_hidden=32" in clash.stderr and "Traceback" not in clash.stderr
+    beta = tvq("train", root / "scene", "--out", root / "paper", "--iters", 30, "--resume", *common,
+               "--adam-beta2", 0.9)
+    assert beta.returncode == 0, beta.stderr
+    saved = checkpoint.load(root / "paper" / "checkpoint.pt")
+    assert saved["config"]["adam_beta2"] == 0.9
+    assert all(group["betas"][1] == 0.9 for group in saved["optimizer"]["param_groups"])
+
+
 def test_compress_vqrf_end_to_end(trained, tvq):
     """tvq compress --method vqrf as a user types it: a summary per level, PSNR before and after, a file
     smaller than the model it compresses that renders every LOD; bad input is a one-line error."""

@@ -81,9 +81,11 @@ class _Progress:
 
 
 def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale: int = 1, resume: bool = False,
-                arch: str | None = None, eval_split: str = "test", log=_log, write_file: bool = True) -> dict:
+                arch: str | None = None, eval_split: str = "test", log=_log, write_file: bool = True,
+                inherit: tuple[str, ...] = ()) -> dict:
     """Train on a scene folder, evaluate every LOD on ``eval_split``; returns the metrics dict it writes
-    (with the .tvq file's sizes unless ``write_file`` is off: a study that compares training recipes)."""
+    (with the .tvq file's sizes unless ``write_file`` is off: a study that compares training recipes).
+    ``inherit``: config fields that a resumed run takes from its checkpoint (those the user did not set)."""
     config.validate()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -101,7 +103,7 @@ def train_scene(scene_path: Path, out_dir: Path, config: TrainConfig, downscale:
     device = runtime.device()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(scene, config, out_dir, log=log)
+    trainer = Trainer(scene, config, out_dir, log=log, inherit=inherit)
     trainer.setup(resume=resume)
     background = trainer.data.background
     quick = RenderOptions(samples_per_cell=config.samples_per_cell, early_stop=True)

@@ -278,9 +278,10 @@ def lod_probabilities(num_lods: int) -> np.ndarray:
 
 
 class Trainer:
-    def __init__(self, scene: Scene, config: TrainConfig, out_dir: Path, log=print):
+    def __init__(self, scene: Scene, config: TrainConfig, out_dir: Path, log=print, inherit: tuple[str, ...] = ()):
         config.validate()
         self.scene, self.config, self.out_dir, self.log = scene, config, Path(out_dir), log
+        self.inherit = tuple(inherit)  # config fields a resumed run takes from its checkpoint (the user set none)
         self.device = runtime.device()
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # the decoder's matmuls: TF32 is ample for 8-bit images
@@ -337,6 +338,8 @@ class Trainer:
 
     def _restore(self, ckpt: dict) -> None:
         saved = TrainConfig(**ckpt["config"])
+        for key in self.inherit:  # options the command left unset: the run goes on with its own recipe
+            setattr(self.config, key, getattr(saved, key))
         # Budget options may change on resume; everything that shapes the model must not.
         for key in ("bits", "hash", "max_level", "num_lods", "feature_dim", "decoder_hidden", "density", "seed"):
             if getattr(saved, key) != getattr(self.config, key):
@@ -357,6 +360,8 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.optimizer.param_groups[0]["lazy"] = self.config.lazy_rows  # (a budget option, like the rates)
+        for group in self.optimizer.param_groups:  # the command's beta2, not the one the state was saved with
+            group["betas"] = (group["betas"][0], self.config.adam_beta2)
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
         self.pruning = ckpt.get("pruning", [])
