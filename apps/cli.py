@@ -167,12 +167,11 @@ def train_cmd(
 ) -> None:
     """Train a radiance field (raw or vector-quantised) on a scene, then evaluate every LOD."""
     from tvq.job import format_table, train_scene
-    from tvq.train import TrainConfig
+    from tvq.train import RECIPE_OPTIONS, TrainConfig
 
     steps = _parse_steps(prune_at) if prune_at else None
     # recipe options left unset take TrainConfig's defaults, or on --resume the checkpoint's own
-    recipe = {"density": _value(density), "decoder_hidden": decoder_hidden, "adam_beta2": adam_beta2,
-              "lr_decay": lr_decay}
+    recipe = dict(zip(RECIPE_OPTIONS, (_value(density), decoder_hidden, adam_beta2, lr_decay)))
     given = {key: value for key, value in recipe.items() if value is not None}
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
                          batch_rays=batch_rays, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell,

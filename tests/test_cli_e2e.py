@@ -237,6 +237,22 @@ def test_resume_keeps_the_runs_own_recipe_unless_the_command_sets_it(trained, tv
     assert all(group["betas"][1] == 0.9 for group in saved["optimizer"]["param_groups"])
 
 
+def test_demo_continues_a_folder_trained_with_another_recipe(tmp_path, tvq):
+    """A demo folder from a version with other defaults (here the paper's recipe) resumes with its recipe."""
+    demo = tmp_path / "demo"
+    made = tvq("make-scene", demo / "scene", "--size", 16, "--train", 3, "--val", 1, "--test", 1)
+    assert made.returncode == 0, made.stderr
+    old = tvq("train", demo / "scene", "--out", demo / "model-bits4", "--bits", 4, "--iters", 4, "--max-level", 6,
+              "--num-lods", 3, "--batch-rays", 256, "--samples-per-cell", 2, "--eval-every", 0, "--arch", "cpu",
+              "--density", "relu", "--decoder-hidden", 128, "--adam-beta2", 0.999, "--lr-decay", 1)
+    assert old.returncode == 0, old.stderr
+    again = tvq("demo", "--out", demo, "--iters", 6, "--arch", "cpu")
+    assert again.returncode == 0, again.stderr
+    metrics = json.loads((demo / "model-bits4" / "metrics.json").read_text())
+    assert metrics["iterations"] == 6 and (metrics["config"]["density"], metrics["config"]["decoder_hidden"]) == (
+        "relu", 128)
+
+
 def test_compress_vqrf_end_to_end(trained, tvq):
     """tvq compress --method vqrf as a user types it: a summary per level, PSNR before and after, a file
     smaller than the model it compresses that renders every LOD; bad input is a one-line error."""

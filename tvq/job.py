@@ -17,7 +17,7 @@ from .errors import TvqError
 from .atomic import write_json
 from .eval import evaluate
 from .render import RenderOptions
-from .train import TrainConfig, Trainer, vertex_report
+from .train import RECIPE_OPTIONS, TrainConfig, Trainer, vertex_report
 
 
 def _log(msg: str) -> None:
@@ -196,7 +196,8 @@ def demo(out: Path, bits: int = 4, iters: int = 1500, arch: str | None = None, e
     model_dir = out / f"model-bits{bits}"
     resume = (model_dir / "checkpoint.pt").is_file()
     config = TrainConfig(bits=bits, iters=iters, **DEMO_CONFIG)
-    metrics = train_scene(scene_dir, model_dir, config, resume=resume, arch=arch)
+    # a demo folder from an earlier version continues with the recipe it was trained with
+    metrics = train_scene(scene_dir, model_dir, config, resume=resume, arch=arch, inherit=RECIPE_OPTIONS)
     echo(format_table(metrics))
     echo(f"renders: {model_dir / 'renders'}   metrics: {model_dir / 'metrics.json'}")
     return metrics

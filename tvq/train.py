@@ -51,6 +51,8 @@ from .prune import vertex_rows
 from .render import RenderOptions, render_rays
 
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
+# options of the training recipe that a resumed run keeps from its checkpoint unless the command sets them
+RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay")
 
 
 @dataclass
