@@ -26,8 +26,8 @@ def changed(config: dict) -> str:
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PAPER_RECIPE}
     diff = []
     for key, value in config.items():
-        if key == "lr_decay" and value is None:  # today's default: decay for raw features only
-            value = 0.1 if config.get("bits", 0) == 0 else 1.0
+        if key == "lr_decay" and value is None:  # today's default, which depends on the bitwidth
+            value = TrainConfig(bits=config.get("bits", 0)).final_lr_factor
         default = defaults.get(key)
         if isinstance(default, tuple):
             default = list(default)

@@ -23,13 +23,15 @@ from pathlib import Path
 from benchmarks._timing import device_name, write_json
 
 
-def file_name(method: str, own: dict) -> str:
-    def text(v) -> str:
-        if isinstance(v, (list, tuple)):
-            return "_".join(text(x) for x in v)
-        return f"{v:g}" if isinstance(v, float) else str(v)
+def option_text(value, sep: str = "_") -> str:
+    """An option's value as short text: 0.001, 4096, or a per-LOD list joined by ``sep``."""
+    if isinstance(value, (list, tuple)):
+        return sep.join(option_text(x, sep) for x in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
-    return "-".join([method] + [f"{k.replace('_', '')}{text(v)}" for k, v in sorted(own.items())])
+
+def file_name(method: str, own: dict) -> str:
+    return "-".join([method] + [f"{k.replace('_', '')}{option_text(v)}" for k, v in sorted(own.items())])
 
 
 def main(argv=None) -> int:

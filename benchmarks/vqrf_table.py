@@ -13,14 +13,14 @@ import json
 import sys
 from pathlib import Path
 
-PAPER = {"prune": 0.001, "keep": 0.6, "codebook": 4096, "finetune_steps": 2000}
+from benchmarks.vqrf_ablation import option_text
+from tvq.compress.vqrf_model import VqrfOptions
+
+PAPER = {key: getattr(VqrfOptions(), key) for key in ("prune", "keep", "codebook", "finetune_steps")}
 
 
 def options_text(options: dict) -> str:
-    def text(v):
-        return ",".join(f"{x:g}" for x in v) if isinstance(v, (list, tuple)) else f"{v:g}"
-
-    diff = [f"{key} {text(options[key])}" for key in PAPER if options.get(key) != PAPER[key]]
+    diff = [f"{key} {option_text(options[key], ',')}" for key in PAPER if options.get(key) != PAPER[key]]
     return ", ".join(diff) or "the paper's"
 
 
