@@ -11,8 +11,9 @@ horizontal field of view), as the viewer opens. Per LOD: median / min ms of both
 (the fast path stops marching and decoding a ray at transmittance 1e-4; the training path decodes every
 sample), and the PSNR of the fast image against the training renderer's (identical images read inf).
 The viewer rows time one frame of ``ViewerWindow`` at that size at the finest LOD with the render scale
-fixed at 1 (split into render, canvas upload, panel, and draw + read-back of the headless window), and with
-dynamic resolution holding ``--target-fps`` (the scale it settles at and its fps).
+fixed at 1 (split into render, canvas upload, panel, and draw + read-back of the headless window: GGUI
+draws offscreen only into a host copy of the frame, which the viewer's window presents instead; the copy is
+timed, its conversion into a float image is not), and with dynamic resolution holding ``--target-fps`` (the scale it settles at and its fps).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def _camera(model, size: int):
 
 def _variants(device, half: bool) -> list[tuple[str, dict]]:
     """The inference paths timed beside the default one (the fused kernel): the rounds, with the MLP in
-    float32 and (CUDA) in float16."""
+    float32 and (CUDA) in float16, and (CUDA) the fused kernel at other block sizes."""
     if device.type != "cuda":
         return [("rounds", {"fused": False})]
-    return [("rounds", {"fused": False}), ("rounds_half", {"fused": False, "half": True})]
+    return [("rounds", {"fused": False}), ("rounds_half", {"fused": False, "half": True})] + [
+        (f"fused_block{b}", {"block_dim": b}) for b in (32, 128, 256)]
 
 
 def bench_model(name: str, path: Path, size: int, iters: int, warmup: int, reference: bool, half: bool) -> dict:
@@ -107,7 +109,7 @@ def bench_viewer(path: Path, size: int, iters: int, warmup: int, target_fps: flo
         times, parts = [], []
         for k in range(warmup + iters):
             t0 = time.perf_counter()
-            window.frame(dt=1 / 30)
+            window.frame(dt=1 / 30, read_back=False)
             if k >= warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
                 parts.append(dict(window.timings))
@@ -117,11 +119,11 @@ def bench_viewer(path: Path, size: int, iters: int, warmup: int, target_fps: flo
                                  "parts_median_ms": {key: statistics.median(p[key] for p in parts) for key in parts[0]}}
         state.set_dynamic(True, target_fps)
         for _ in range(max(12, 2 * iters)):  # settle
-            window.frame(dt=1 / 30)
+            window.frame(dt=1 / 30, read_back=False)
         times = []
         for _ in range(max(iters, 5)):
             t0 = time.perf_counter()
-            window.frame(dt=1 / 30)
+            window.frame(dt=1 / 30, read_back=False)
             times.append((time.perf_counter() - t0) * 1e3)
         times.sort()
         result["dynamic"] = {"target_fps": target_fps, "median_ms": times[len(times) // 2],

@@ -105,9 +105,11 @@ def test_fused_frame_equals_the_rounds(run, scene):
     view = scene.split("test")[1]
     rounds = FastRenderer(model.field, model.background, fused=False)
     fused = FastRenderer(model.field, model.background, fused=True)
+    blocked = FastRenderer(model.field, model.background, fused=True, block_dim=32)  # the launch shape only
     for lod in range(model.lods):
         a = rounds.render(view.K, view.c2w, view.width, view.height, lod)
         b = fused.render(view.K, view.c2w, view.width, view.height, lod)
+        assert torch.equal(blocked.render(view.K, view.c2w, view.width, view.height, lod)["color"], b["color"])
         assert torch.equal(a["samples"], b["samples"]), lod
         assert b["stats"]["rounds"] == 1 and b["stats"]["samples"] == int(b["samples"].sum())
         for key in ("color", "opacity", "depth"):
@@ -227,9 +229,11 @@ def test_fast_path_matches_render_image_on_the_gpu(scene, tmp_path):
     test_baked_table_interpolates_to_the_sum_over_levels(tmp_path / "raw")
     view = scene.split("test")[1]
     rounds, fused = (FastRenderer(raw.field, raw.background, fused=f) for f in (False, True))
+    blocked = FastRenderer(raw.field, raw.background, fused=True, block_dim=64)
     for lod in range(raw.lods):  # (a GPU may round a ray's last transmittance test the other way)
         a = rounds.render(view.K, view.c2w, view.width, view.height, lod)
         b = fused.render(view.K, view.c2w, view.width, view.height, lod)
+        assert torch.equal(blocked.render(view.K, view.c2w, view.width, view.height, lod)["color"], b["color"])
         assert float((a["samples"] != b["samples"]).float().mean()) < 1e-3
         torch.testing.assert_close(b["color"], a["color"], atol=1e-3, rtol=0)
 

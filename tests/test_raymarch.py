@@ -311,3 +311,37 @@ def test_cuda_matches_twin():
     got32 = raymarch(octree.to("cuda"), origins.float().cuda(), dirs.float().cuda(), samples_per_cell=3)
     assert in_occupied_cell(octree, 5, sample_positions(got32, origins.float().cuda(), dirs.float().cuda())
                             .cpu().double()).all()
+
+
+# ---- the walk's radix index ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level,fraction", [(3, 0.3), (6, 0.02), (9, 1e-4)])
+def test_walk_index_buckets_bound_every_lower_bound(level, fraction):
+    """starts[k] is the first row whose code >> shift >= k, so each code's lower bound lies in its bucket."""
+    import numpy as np
+
+    from tvq.kernels.walk import walk_index
+
+    codes = random_octree(level, fraction, seed=level).cells[level]
+    starts, shift = walk_index(codes, level)
+    c = codes.numpy()
+    buckets = np.arange(starts.numel()) << shift
+    assert np.array_equal(starts.numpy(), np.searchsorted(c, buckets, side="left"))
+    assert 3 * level - shift <= 3 * 7 and 8 ** ((3 * level - shift) // 3) <= 2 * max(1, len(c))
+    queries = np.random.default_rng(0).integers(0, 8 ** level, 2000)
+    lo = np.searchsorted(c, queries)
+    b = queries >> shift
+    assert np.all(starts.numpy()[b] <= lo) and np.all(lo <= starts.numpy()[b + 1])
+
+
+def test_walk_index_is_rebuilt_when_the_codes_change():
+    from tvq.kernels.walk import walk_index
+
+    codes = random_octree(5, 0.05, seed=1).cells[5].clone()
+    first, shift = walk_index(codes, 5)
+    assert walk_index(codes, 5)[0] is first  # cached
+    codes.fill_(codes[-1].item())  # in place: every code the last one
+    again, shift2 = walk_index(codes, 5)
+    assert again is not first
+    assert int(again[(codes[0] >> shift2).item()]) == 0

@@ -88,6 +88,7 @@ def raymarch(
     first samples in ray order (later rays lose theirs). ``level`` defaults to the finest level.
     """
     from .kernels.raymarch import kernels
+    from .kernels.walk import walk_index
 
     runtime.ensure()
     _check_rays(origins, dirs)
@@ -103,12 +104,13 @@ def raymarch(
     origins, dirs, codes = origins.contiguous(), dirs.contiguous(), codes.contiguous()
     dtype = "f32" if origins.dtype == torch.float32 else "f64"
     count, fill = kernels(dtype, bool(skip_empty))
+    starts, shift = walk_index(codes, level)
 
     num_rays = origins.shape[0]
     per_ray = _NO_CAP if max_samples_per_ray is None else int(max_samples_per_ray)
     offsets = torch.empty(num_rays + 1, dtype=torch.int64, device=device)
     if num_rays and codes.numel():
-        count(origins, dirs, codes, level, float(near), float(far), int(samples_per_cell), per_ray, offsets)
+        count(origins, dirs, codes, starts, shift, level, float(near), float(far), int(samples_per_cell), per_ray, offsets)
         offsets.cumsum_(0)
         if max_samples is not None:
             offsets.clamp_(max=int(max_samples))
@@ -123,6 +125,6 @@ def raymarch(
         if jitter and seed is None:
             gen_device = generator.device if generator is not None else "cpu"
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=gen_device))
-        fill(origins, dirs, codes, level, float(near), float(far), int(samples_per_cell), offsets,
+        fill(origins, dirs, codes, starts, shift, level, float(near), float(far), int(samples_per_cell), offsets,
              int(bool(jitter)), int(seed or 0) & 0xFFFFFFFF, t, dt, ray_ids)
     return PackedSamples(ray_offsets=offsets, t=t, dt=dt, ray_ids=ray_ids)

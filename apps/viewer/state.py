@@ -580,8 +580,8 @@ class ViewerState:
         out = self.renderer().render(K, pose, w, h, lod, mode=mode, background=self.background)
         image = out["image"].float()
         stats = dict(out["stats"], width=w, height=h, lod=lod)
-        if "samples" in out:
-            stats["samples_per_ray"] = float(out["samples"].float().mean())  # (waits for the frame)
+        if "samples" in stats:
+            stats["samples_per_ray"] = stats["samples"] / max(1, w * h)
         self.last_stats = dict(stats, ms=(time.perf_counter() - start) * 1e3)
         return image
 

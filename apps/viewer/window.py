@@ -1,7 +1,7 @@
 """The GGUI layer of the viewer: it draws ``ViewerState`` and forwards input to it, nothing more.
 
-A ``ti.ui.Window`` shows the rendered image on its canvas (``set_image`` of a (W, H) field with y up, filled
-from the (H, W, 3) render on the device: ``canvas.py``) and a panel of controls; keys and mouse drags
+A ``ti.ui.Window`` shows the rendered image on its canvas (the (W, H) RGBA8 pixels, y up, that one kernel
+packs from the (H, W, 3) render: ``canvas.py``) and a panel of controls; keys and mouse drags
 go to the state's camera controller. Headless (``show_window=False``) the same frame is read back with
 ``get_image_buffer_as_numpy()``: that is how ``screenshot`` renders, and how the tests and the benchmark
 time the viewer. GGUI needs Vulkan; without it (or without a display, for a window) opening fails with
@@ -29,7 +29,7 @@ import numpy as np
 from tvq.errors import TvqError
 from tvq.infer import MODES
 
-from .canvas import CanvasImage
+from .canvas import CanvasImage, set_canvas_image
 from .state import LMB, MMB, RMB, ViewerState, parse_size, to_uint8
 
 PANEL = (0.0, 0.0, 0.34, 0.78)  # x, y, width, height as window fractions (top left)
@@ -112,8 +112,10 @@ class ViewerWindow:
 
     # ---- one frame -----------------------------------------------------------------------------
 
-    def frame(self, dt: float | None = None) -> np.ndarray | None:
-        """Input, stream, render, draw. Headless: returns what the window shows, (H, W, 3) float32."""
+    def frame(self, dt: float | None = None, read_back: bool = True) -> np.ndarray | None:
+        """Input, stream, render, draw. Headless: returns what the window shows, (H, W, 3) float32 (with
+        ``read_back``; without it the frame is drawn and copied to the host, as GGUI's only offscreen
+        draw does, but not converted: the benchmark's frame)."""
         now = time.perf_counter()
         if dt is None:
             dt = 0.0 if self.last_time is None else now - self.last_time
@@ -125,18 +127,20 @@ class ViewerWindow:
         marks = [time.perf_counter()]
         image = state.render_tensor()
         marks.append(time.perf_counter())
-        self.canvas.set_image(self.canvas_image.upload(image))
+        set_canvas_image(self.canvas, self.canvas_image.upload(image))
         marks.append(time.perf_counter())
         if self.gui is not None:
             self._panel()
         marks.append(time.perf_counter())
         if self.headless:
-            shown = from_buffer(self.window.get_image_buffer_as_numpy())
+            buffer = self.window.get_image_buffer_as_numpy()  # draws the frame
+            shown = from_buffer(buffer) if read_back else None
         else:
             shown = None
             self.window.show()
         marks.append(time.perf_counter())
         # where a frame's time goes (the benchmark reports it): render, canvas upload, panel, draw + present
+        # (headless: draw + copy to the host)
         self.timings = {name: (b - a) * 1e3 for name, a, b in zip(("render", "upload", "panel", "present"),
                                                                    marks, marks[1:])}
         state.frame_done(time.perf_counter() - now)

@@ -68,8 +68,9 @@ def kernels(F: int, density: str = "relu"):
     activate = density_activation(density, real)
 
     @ti.kernel
-    def march(origins: rays_t, dirs: rays_t, codes: i64_1, level: ti.i32, n: ti.i32, max_per_ray: ti.i32,
-              alive: i1, k_round: ti.i32, istate: i2, fstate: f2, t_buf: f1, dt_buf: f1, counts: i1):
+    def march(origins: rays_t, dirs: rays_t, codes: i64_1, starts: i1, shift: ti.i32, level: ti.i32, n: ti.i32,
+              max_per_ray: ti.i32, alive: i1, k_round: ti.i32, istate: i2, fstate: f2, t_buf: f1, dt_buf: f1,
+              counts: i1):
         """Up to ``k_round`` more samples of each alive ray into t_buf/dt_buf[a * k_round + j]; counts[a]."""
         res = 1 << level
         h = real(2.0) / real(res)
@@ -103,7 +104,7 @@ def kernels(F: int, density: str = "relu"):
                 if count >= budget:  # round spent at a cell boundary: resume at the top of this cell
                     break
                 it += 1
-                _, occupied, s = locate(codes, num_codes, ijk, level, True)
+                _, occupied, s = locate(codes, starts, shift, num_codes, ijk, level, True)
                 t_next, axis = block_exit(o, d, ijk, s, h, real)
                 t1 = ti.min(t_next, t_out)
                 paused = False

@@ -71,10 +71,12 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
     rays_t = ti.types.ndarray(dtype=real, ndim=2)
     samples_t = ti.types.ndarray(dtype=real, ndim=1)
     codes_t = ti.types.ndarray(dtype=ti.i64, ndim=1)
+    starts_t = ti.types.ndarray(dtype=ti.i32, ndim=1)
 
     @ti.func
     def march(
-        r: ti.i32, o: vec3, d: vec3, codes: ti.template(), level: ti.i32, near: real, far: real,
+        r: ti.i32, o: vec3, d: vec3, codes: ti.template(), starts: ti.template(), shift: ti.i32, level: ti.i32,
+        near: real, far: real,
         n: ti.i32, budget: ti.i64, base: ti.i64, jitter: ti.i32, seed: ti.u32,
         t_buf: ti.template(), dt_buf: ti.template(), id_buf: ti.template(), fill: ti.template(),
     ) -> ti.i64:
@@ -90,7 +92,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
             it = 0
             while t < t_out and count < budget and it < 3 * res + 3:
                 it += 1
-                _, occupied, s = locate(codes, num_codes, ijk, level, skip_empty)
+                _, occupied, s = locate(codes, starts, shift, num_codes, ijk, level, skip_empty)
                 t_next, axis = block_exit(o, d, ijk, s, h, real)
                 t1 = ti.min(t_next, t_out)
 
@@ -119,8 +121,8 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
 
     @ti.kernel
     def count(
-        origins: rays_t, dirs: rays_t, codes: codes_t, level: ti.i32, near: real, far: real,
-        samples_per_cell: ti.i32, max_per_ray: ti.i64, counts: ti.types.ndarray(dtype=ti.i64, ndim=1),
+        origins: rays_t, dirs: rays_t, codes: codes_t, starts: starts_t, shift: ti.i32, level: ti.i32, near: real,
+        far: real, samples_per_cell: ti.i32, max_per_ray: ti.i64, counts: ti.types.ndarray(dtype=ti.i64, ndim=1),
     ):
         """counts[0] = 0 and counts[r + 1] = the number of samples of ray r (ready for an in-place cumsum)."""
         for r in range(origins.shape[0]):
@@ -128,13 +130,13 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
                 counts[0] = 0
             o = vec3(origins[r, 0], origins[r, 1], origins[r, 2])
             d = vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
-            counts[r + 1] = march(r, o, d, codes, level, near, far, samples_per_cell, max_per_ray, 0, 0,
+            counts[r + 1] = march(r, o, d, codes, starts, shift, level, near, far, samples_per_cell, max_per_ray, 0, 0,
                                   ti.u32(0), counts, counts, counts, False)
 
     @ti.kernel
     def fill(
-        origins: rays_t, dirs: rays_t, codes: codes_t, level: ti.i32, near: real, far: real,
-        samples_per_cell: ti.i32, offsets: ti.types.ndarray(dtype=ti.i64, ndim=1), jitter: ti.i32,
+        origins: rays_t, dirs: rays_t, codes: codes_t, starts: starts_t, shift: ti.i32, level: ti.i32, near: real,
+        far: real, samples_per_cell: ti.i32, offsets: ti.types.ndarray(dtype=ti.i64, ndim=1), jitter: ti.i32,
         seed: ti.u32, t: samples_t, dt: samples_t, ray_ids: ti.types.ndarray(dtype=ti.i32, ndim=1),
     ):
         """Samples of ray r into rows offsets[r]:offsets[r+1] of t, dt and ray_ids."""
@@ -142,7 +144,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
             o = vec3(origins[r, 0], origins[r, 1], origins[r, 2])
             d = vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
             start = offsets[r]
-            march(r, o, d, codes, level, near, far, samples_per_cell, offsets[r + 1] - start, start, jitter,
+            march(r, o, d, codes, starts, shift, level, near, far, samples_per_cell, offsets[r + 1] - start, start, jitter,
                   seed, t, dt, ray_ids, True)
 
     return lean(count), lean(fill)

@@ -22,7 +22,8 @@ interpolating B equals summing the per-level interpolations (up to rounding): on
 sample instead of one per level. The cell's corner rows come from the walk's binary search itself, so
 no second lookup is needed.
 
-Arguments: ``cell_vertices`` (N, 8) int32 corner rows of the level's cells (in ``codes`` order), ``table``
+Arguments: ``codes`` the level's sorted cell codes with their ``walk_index`` (``starts``, ``shift``),
+``cell_vertices`` (N, 8) int32 corner rows of the level's cells (in ``codes`` order), ``table``
 B (V, F), ``w1`` (H, F), ``view_bias`` (H, R) (u per ray, column-major so a warp's reads coalesce),
 ``w2`` (4, H), ``b2`` (4,). Outputs per ray: colour (R, 3) (background not added), T, D (normalised t),
 samples composited.
@@ -42,9 +43,9 @@ MAX_BATCH = 8  # samples per cell the kernel decodes together (its registers hol
 
 
 @functools.lru_cache(maxsize=None)
-def kernel(F: int, n: int, density: str = "relu"):
+def kernel(F: int, n: int, density: str = "relu", block_dim: int = 0):
     """The kernel for F-dimensional features, ``n`` samples per cell (1 <= n <= ``MAX_BATCH``) and the
-    decoder's ``density`` activation (relu or exp)."""
+    decoder's ``density`` activation (relu or exp); ``block_dim`` threads per GPU block (0: Taichi's)."""
     if not 1 <= n <= MAX_BATCH:
         raise ValueError(f"the fused kernel takes 1..{MAX_BATCH} samples per cell, not {n}")
     real = ti.f32
@@ -60,13 +61,15 @@ def kernel(F: int, n: int, density: str = "relu"):
     activate = density_activation(density, real)
 
     @ti.kernel
-    def shade(origins: rays_t, dirs: rays_t, codes: i64_1, cell_vertices: i2, level: ti.i32, max_per_ray: ti.i32,
-              table: table_t, w1: f2, view_bias: f2, w2: f2, b2: f1, eps: real,
+    def shade(origins: rays_t, dirs: rays_t, codes: i64_1, starts: i1, shift: ti.i32, cell_vertices: i2, level: ti.i32,
+              max_per_ray: ti.i32, table: table_t, w1: f2, view_bias: f2, w2: f2, b2: f1, eps: real,
               colour_out: f2, trans_out: f1, depth_out: f1, samples_out: i1):
         res = 1 << level
         h = real(2.0) / real(res)
         num_codes = ti.cast(codes.shape[0], ti.i64)
         hidden = w1.shape[0]
+        if ti.static(block_dim > 0):
+            ti.loop_config(block_dim=block_dim)
         for r in range(origins.shape[0]):
             o = vec3(origins[r, 0], origins[r, 1], origins[r, 2])
             d = vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
@@ -82,7 +85,7 @@ def kernel(F: int, n: int, density: str = "relu"):
                 marching = True
                 while marching and t < t_out and it < 3 * res + 3 and count < max_per_ray:
                     it += 1
-                    row, occupied, s = locate(codes, num_codes, ijk, level, True)
+                    row, occupied, s = locate(codes, starts, shift, num_codes, ijk, level, True)
                     t_next, axis = block_exit(o, d, ijk, s, h, real)
                     t1 = ti.min(t_next, t_out)
                     if occupied and t1 > t:

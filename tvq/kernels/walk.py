@@ -2,7 +2,10 @@
 
 The walk is a 3D DDA over the cells of level l (res = 2^l per axis, cell size h = 2 / res) that jumps
 over empty space: at cell ijk with Morton code m, a binary search in the level's sorted cell codes gives
-``lo`` (the first code >= m). If m is absent, the largest aligned block of 8^s cells around it that
+``lo`` (the first code >= m). The search runs inside one bucket of a radix index (``walk_index``): with
+starts[k] = the first row whose code >> shift is >= k, every code in rows [starts[m >> shift],
+starts[(m >> shift) + 1]) shares m's top bits, so the lower bound inside that slice is the lower bound
+over all codes, found in a few steps instead of log2(N) dependent reads. If m is absent, the largest aligned block of 8^s cells around it that
 holds no occupied cell is the one whose code range [first, first + 8^s - 1] lies strictly between the
 neighbours codes[lo - 1] and codes[lo]; the ray leaves that block (or the occupied cell, s = 0) at
 
@@ -15,11 +18,33 @@ walk with these functions, so they emit the same samples. ``real`` is the float 
 """
 
 import taichi as ti
+import torch
 
 from .morton import lower_bound, morton3
 
 _BIG = 3.0e38
 _MAX_CODE = 9223372036854775807
+MAX_BUCKET_LEVELS = 7  # at most 8^7 buckets (8 MB of starts)
+
+
+def walk_index(codes: torch.Tensor, level: int) -> tuple[torch.Tensor, int]:
+    """The radix index of one level's sorted Morton ``codes`` that ``locate`` searches with: ``starts``
+    (8^b + 1,) int32 with starts[k] the first row whose code >> shift is >= k, and ``shift`` = 3 (level - b),
+    for b bucket levels with 8^b about the number of codes (at most ``MAX_BUCKET_LEVELS``). Kept on the
+    codes tensor and rebuilt when it changes, so a walk per training step costs no rebuild."""
+    key = (int(level), codes._version, codes.device)
+    cached = getattr(codes, "_tvq_walk_index", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    n = int(codes.numel())
+    b = 0
+    while b < min(int(level), MAX_BUCKET_LEVELS) and 8 ** (b + 1) <= 2 * n:
+        b += 1
+    shift = 3 * (int(level) - b)
+    bounds = torch.arange(8 ** b + 1, dtype=torch.int64, device=codes.device) << shift
+    starts = torch.searchsorted(codes.contiguous(), bounds).to(torch.int32)
+    codes._tvq_walk_index = (key, starts, shift)
+    return starts, shift
 
 
 @ti.func
@@ -49,12 +74,14 @@ def entry_cell(o, d, t_in, h, res: ti.i32):
 
 
 @ti.func
-def locate(codes: ti.template(), num_codes: ti.i64, ijk, level: ti.i32, skip_empty: ti.template()):
+def locate(codes: ti.template(), starts: ti.template(), shift: ti.i32, num_codes: ti.i64, ijk, level: ti.i32,
+           skip_empty: ti.template()):
     """(row of the cell in ``codes`` or of the next code, whether the cell is occupied, and s: the level
     of the largest empty aligned block around an unoccupied cell, 0 for an occupied one or without
-    ``skip_empty``, the plain DDA)."""
+    ``skip_empty``, the plain DDA). ``starts`` and ``shift``: the codes' ``walk_index``."""
     code = morton3(ti.i64(ijk[0]), ti.i64(ijk[1]), ti.i64(ijk[2]))
-    lo = lower_bound(codes, ti.i64(0), num_codes, code)
+    bucket = ti.cast(code >> shift, ti.i32)
+    lo = lower_bound(codes, ti.i64(starts[bucket]), ti.i64(starts[bucket + 1]), code)
     occupied = False
     if lo < num_codes:
         occupied = codes[lo] == code
