@@ -13,7 +13,8 @@ sample), and the PSNR of the fast image against the training renderer's (identic
 The viewer rows time one frame of ``ViewerWindow`` at that size at the finest LOD with the render scale
 fixed at 1 (split into render, canvas upload, panel, and draw + read-back of the headless window: GGUI
 draws offscreen only into a host copy of the frame, which the viewer's window presents instead; the copy is
-timed, its conversion into a float image is not), and with dynamic resolution holding ``--target-fps`` (the scale it settles at and its fps).
+timed, its conversion into a float image is not), and with dynamic resolution holding ``--target-fps`` (the
+scale it settles at and its fps).
 """
 
 from __future__ import annotations

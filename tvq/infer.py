@@ -154,7 +154,6 @@ class FastRenderer:
 
         self.tree = _tree(grid.flat)
         self.codes = [self.octree.cells[level].to(self.device).contiguous() for level in self.levels]
-        self.walk_index = [walk_index(codes, level) for codes, level in zip(self.codes, self.levels)]
         self.frames: OrderedDict[tuple, _Frame] = OrderedDict()
         self.work = _Workspace(self.device)
         self._baked: dict[int, torch.Tensor] = {}  # per LOD, made on its first fused frame
@@ -309,8 +308,9 @@ class FastRenderer:
         codes = self.codes[lod]
         cell_vertices = self.cell_vertices(lod)
         kernel(self.feature_dim, self.samples_per_cell, self.density, self.block_dim)(
-            origins, dirs, codes, *self.walk_index[lod], cell_vertices, level, self.max_samples_per_ray,
-            self.baked(lod), self.w1_rows, view_bias, self.w2_rows, self.b2_f32, self.eps, colour, trans, depth, samples)
+            origins, dirs, codes, *walk_index(codes, level), cell_vertices, level, self.max_samples_per_ray,
+            self.baked(lod), self.w1_rows, view_bias, self.w2_rows, self.b2_f32, self.eps, colour, trans, depth,
+            samples)
         return {"color": colour + trans[:, None] * bg, "opacity": 1 - trans, "depth": depth / self.octree.scale,
                 "samples": samples.clone(), "stats": {"rays": R, "samples": int(samples.sum()), "rounds": 1}}
 
@@ -355,7 +355,7 @@ class FastRenderer:
         dt_buf = work.get("dt", A * k, torch.float32)
         counts = work.get("counts", A, torch.int32)
         still = work.get("still", A, torch.int32)
-        march(origins, dirs, codes, *self.walk_index[lod], level, self.samples_per_cell, self.max_samples_per_ray,
+        march(origins, dirs, codes, *walk_index(codes, level), level, self.samples_per_cell, self.max_samples_per_ray,
               alive, k, frame.istate, frame.fstate, t_buf, dt_buf, counts)
         offsets = work.get("offsets", A + 1, torch.int32)
         offsets[0] = 0
@@ -446,7 +446,7 @@ class FastRenderer:
         dt_buf = self.work.get("dt", R, torch.float32)
         counts = self.work.get("counts", R, torch.int32)
         if self.codes[lod].numel():
-            march(origins, dirs, self.codes[lod], *self.walk_index[lod], level, self.samples_per_cell,
+            march(origins, dirs, self.codes[lod], *walk_index(self.codes[lod], level), level, self.samples_per_cell,
                   self.max_samples_per_ray, frame.all_rays[:R], 1, frame.istate, frame.fstate, t_buf, dt_buf, counts)
             hit = counts[:R] > 0
         else:

@@ -110,7 +110,8 @@ def raymarch(
     per_ray = _NO_CAP if max_samples_per_ray is None else int(max_samples_per_ray)
     offsets = torch.empty(num_rays + 1, dtype=torch.int64, device=device)
     if num_rays and codes.numel():
-        count(origins, dirs, codes, starts, shift, level, float(near), float(far), int(samples_per_cell), per_ray, offsets)
+        count(origins, dirs, codes, starts, shift, level, float(near), float(far), int(samples_per_cell), per_ray,
+              offsets)
         offsets.cumsum_(0)
         if max_samples is not None:
             offsets.clamp_(max=int(max_samples))

@@ -76,8 +76,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
     @ti.func
     def march(
         r: ti.i32, o: vec3, d: vec3, codes: ti.template(), starts: ti.template(), shift: ti.i32, level: ti.i32,
-        near: real, far: real,
-        n: ti.i32, budget: ti.i64, base: ti.i64, jitter: ti.i32, seed: ti.u32,
+        near: real, far: real, n: ti.i32, budget: ti.i64, base: ti.i64, jitter: ti.i32, seed: ti.u32,
         t_buf: ti.template(), dt_buf: ti.template(), id_buf: ti.template(), fill: ti.template(),
     ) -> ti.i64:
         res = 1 << level
@@ -144,7 +143,7 @@ def kernels(dtype: str = "f32", skip_empty: bool = True):
             o = vec3(origins[r, 0], origins[r, 1], origins[r, 2])
             d = vec3(dirs[r, 0], dirs[r, 1], dirs[r, 2])
             start = offsets[r]
-            march(r, o, d, codes, starts, shift, level, near, far, samples_per_cell, offsets[r + 1] - start, start, jitter,
-                  seed, t, dt, ray_ids, True)
+            march(r, o, d, codes, starts, shift, level, near, far, samples_per_cell, offsets[r + 1] - start, start,
+                  jitter, seed, t, dt, ray_ids, True)
 
     return lean(count), lean(fill)

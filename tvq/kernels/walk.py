@@ -5,9 +5,10 @@ over empty space: at cell ijk with Morton code m, a binary search in the level's
 ``lo`` (the first code >= m). The search runs inside one bucket of a radix index (``walk_index``): with
 starts[k] = the first row whose code >> shift is >= k, every code in rows [starts[m >> shift],
 starts[(m >> shift) + 1]) shares m's top bits, so the lower bound inside that slice is the lower bound
-over all codes, found in a few steps instead of log2(N) dependent reads. If m is absent, the largest aligned block of 8^s cells around it that
-holds no occupied cell is the one whose code range [first, first + 8^s - 1] lies strictly between the
-neighbours codes[lo - 1] and codes[lo]; the ray leaves that block (or the occupied cell, s = 0) at
+over all codes, found in a few steps instead of log2(N) dependent reads. If m is absent, the largest aligned
+block of 8^s cells around it that holds no occupied cell is the one whose code range [first, first + 8^s - 1]
+lies strictly between the neighbours codes[lo - 1] and codes[lo]; the ray leaves that block (or the occupied
+cell, s = 0) at
 
     t_next = min over axes a of (-1 + h * 2^s * (floor(ijk_a / 2^s) + [d_a > 0]) - o_a) / d_a,
 
