@@ -147,6 +147,8 @@ def train_cmd(
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
     samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
+    lod_ratio: float = typer.Option(2.0, "--lod-ratio", help="Each step trains one LOD, each finer one this many "
+                                    "times as likely as the one before (the paper: 2)."),
     density: Optional[Density] = typer.Option(None, "--density", help="Decoder density activation: exp (a truncated "
                                               "exponential: sharper surfaces, fewer cells; default) or relu (the "
                                               "paper's)."),
@@ -160,6 +162,9 @@ def train_cmd(
                                         help="Octree source: depth maps, masks (visual hull), or auto (depth if present)."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
                                  "(default: 500,2000 for a mask-carved octree, none for depth)."),
+    subdivide_at: Optional[int] = typer.Option(None, "--subdivide-at", help="Step after which every finest cell is "
+                                               "split into 8: the octree is built and pruned at --max-level minus 1 "
+                                               "until then, and the finest LOD starts there (default: never)."),
     eval_every: int = typer.Option(1000, "--eval-every", help="Steps between quick test-PSNR checks (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out where it stopped."),
@@ -175,8 +180,9 @@ def train_cmd(
     given = {key: value for key, value in recipe.items() if value is not None}
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
                          batch_rays=batch_rays, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell,
-                         octree_from=octree.value, prune_at=steps, eval_every=eval_every, seed=seed,
-                         random_background=random_background, **given)
+                         lod_ratio=lod_ratio,
+                         octree_from=octree.value, prune_at=steps, subdivide_at=subdivide_at, eval_every=eval_every,
+                         seed=seed, random_background=random_background, **given)
     metrics = train_scene(scene, out, config, downscale=downscale, resume=resume, arch=_value(arch),
                           inherit=tuple(key for key in recipe if key not in given))
     typer.echo(format_table(metrics))

@@ -132,6 +132,8 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
         TrainConfig(density="softplus").validate()
     with pytest.raises(TvqError, match="--adam-beta2"):
         TrainConfig(adam_beta2=1.0).validate()
+    with pytest.raises(TvqError, match="--lod-ratio"):
+        TrainConfig(lod_ratio=0).validate()
 
 
 def test_random_background_targets_composite_on_each_rays_colour(tiny_scene, tmp_path):
@@ -259,3 +261,51 @@ def test_default_warm_start_lasts_until_the_last_pruning(tiny_scene, tmp_path):
     unpruned = Trainer(tiny_scene, TrainConfig(bits=3, iters=1, seed=0, **TINY), tmp_path / "depth")
     unpruned.setup()
     assert unpruned.config.prune_at == () and unpruned.field.grid.kind == "vq"
+
+
+@pytest.mark.parametrize("bits", [0, 3])
+def test_subdivision_adds_the_finest_level_and_keeps_the_coarser_ones(tiny_scene, tmp_path, bits):
+    """--subdivide-at: built one level coarser, then every finest cell split into 8 at that step; the coarser
+    LODs render exactly as before, the new one nearly so, and Adam's moments move with their rows."""
+    runtime.init()
+    config = TrainConfig(bits=bits, iters=8, seed=1, subdivide_at=9, vq_warmup=0, **{**TINY, "num_lods": 3})
+    trainer = Trainer(tiny_scene, config, tmp_path)
+    trainer.setup()
+    assert trainer.field.octree.max_level == 4 and trainer.field.grid.levels == (3, 4)  # first level fixed
+    trainer.fit()  # stops before the subdivision: this test makes it itself
+    grid_before, opt_before = trainer.field.grid, trainer.optimizer
+    table = "features" if bits == 0 else "logits"
+    moment_before = opt_before.state[getattr(grid_before, table)]["exp_avg"].clone()
+    leaves = trainer.field.octree.cells[4]
+    views = tiny_scene.split("test")[:1]
+    psnr = lambda lod: evaluate(trainer.field, views, trainer.data.background, lods=[lod])[0]["psnr"]  # noqa: E731
+    before = [psnr(0), psnr(1)]
+    trainer.subdivide()
+    grid = trainer.field.grid
+    assert trainer.field.octree.max_level == 5 and grid.levels == (3, 4, 5) and trainer.field.num_lods == 3
+    assert torch.equal(trainer.field.octree.cells[5] >> 3, torch.repeat_interleave(leaves, 8))  # all 8 children
+    assert trainer.pruning[-1]["subdivided"] and "5" in trainer.pruning[-1]["vertices_after"]
+    assert [psnr(0), psnr(1)] == pytest.approx(before, abs=1e-6)  # the coarser LODs: the same field
+    assert abs(psnr(2) - before[1]) < 0.5  # the new level starts near zero
+    held = int(grid.flat.vertex_start[2])  # the old levels' rows come first, unchanged, with their moments
+    moment = trainer.optimizer.state[getattr(grid, table)]["exp_avg"]
+    assert torch.equal(getattr(grid, table)[:held].detach(), getattr(grid_before, table).detach())
+    assert torch.equal(moment[:held], moment_before) and not moment[held:].any()
+    if bits:
+        codes = 1 << bits
+        assert torch.equal(grid.codebooks[:2 * codes].detach(), grid_before.codebooks.detach())
+    trainer.config.iters = 12
+    trainer.fit()  # trains on past step 9 (subdivided already: nothing happens), then resumes from its checkpoint
+    resumed = Trainer(tiny_scene, TrainConfig(bits=bits, iters=12, seed=1, subdivide_at=9, vq_warmup=0,
+                                              **{**TINY, "num_lods": 3}), tmp_path)
+    resumed.setup(resume=True)
+    assert resumed.field.grid.levels == (3, 4, 5) and resumed.step == 12
+    assert torch.equal(getattr(resumed.field.grid, table).detach(), getattr(trainer.field.grid, table).detach())
+
+
+def test_subdivide_at_needs_a_coarser_lod(tvq, tmp_path):
+    with pytest.raises(TvqError, match="--subdivide-at needs"):
+        TrainConfig(subdivide_at=10, num_lods=1).validate()
+    proc = tvq("train", tmp_path, "--out", tmp_path / "run", "--subdivide-at", 10, "--num-lods", 1)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--subdivide-at" in proc.stderr, \
+        proc.stderr

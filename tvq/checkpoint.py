@@ -131,7 +131,7 @@ _NESTED = {
 # Options newer than the checkpoint format, with the value a checkpoint written before them trained with
 # (filled in on load, whatever today's default is).
 ADDED_LATER = {"decoder_hidden": 128, "lazy_rows": False, "density": "relu", "adam_beta2": 0.999,
-               "random_background": False, "lr_decay": 1.0}
+               "random_background": False, "lr_decay": 1.0, "subdivide_at": None, "lod_ratio": 2.0}
 
 
 def _config_checks() -> dict:
@@ -144,6 +144,7 @@ def _config_checks() -> dict:
         "float": _kind(_is_number, "a number"),
         "str": _kind(lambda v: isinstance(v, str), "a string"),
         "float | None": _kind(lambda v: v is None or _is_number(v), "a number or null"),
+        "int | None": _kind(lambda v: v is None or _is_int(v), "an integer or null"),
         "tuple[int, ...] | None": _kind(lambda v: v is None or (isinstance(v, (list, tuple)) and all(map(_is_int, v))),
                                         "a list of integers or null"),
     }

@@ -43,11 +43,21 @@ def sample_weights(field, origins_n: torch.Tensor, dirs: torch.Tensor, backgroun
     return points, weights
 
 
-def vertex_rows(grid, octree) -> torch.Tensor:
-    """For every vertex of ``octree``'s feature levels (a pruned copy of the grid's octree), its row in the
-    grid's vertex table (vertices of kept cells were vertices before)."""
-    return torch.cat([torch.searchsorted(grid.octree.vertices[level], octree.vertices[level])
-                      + int(grid.flat.vertex_start[k]) for k, level in enumerate(grid.levels)])
+def vertex_rows(grid, octree, levels=None) -> torch.Tensor:
+    """For every vertex of ``octree``'s feature ``levels`` (default: the grid's; a pruned or subdivided copy of
+    the grid's octree), its row in the grid's vertex table, or -1 for a vertex the grid does not hold (a level
+    the grid does not have: the finest one after a subdivision)."""
+    rows = []
+    for level in grid.levels if levels is None else levels:
+        wanted = octree.vertices[level]
+        if level not in grid.levels:
+            rows.append(torch.full_like(wanted, -1, dtype=torch.int64))
+            continue
+        held = grid.octree.vertices[level]
+        at = torch.searchsorted(held, wanted).clamp(max=max(held.numel() - 1, 0))
+        start = int(grid.flat.vertex_start[grid.levels.index(level)])
+        rows.append(torch.where(held[at] == wanted, at + start, torch.full_like(at, -1)))
+    return torch.cat(rows)
 
 
 @torch.no_grad()

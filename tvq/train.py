@@ -2,7 +2,7 @@
 
 Recipe (paper defaults): Adam with lr 1e-3, the grid (features, codebooks, index logits) at 100x; each
 step draws ``batch_rays`` rays uniformly over all training pixels and one LOD, each finer LOD twice as
-likely as the one before; MSE loss in sRGB against images composited on the scene background.
+likely as the one before (``lod_ratio``); MSE loss in sRGB against images composited on the scene background.
 
 VQ warm start (``vq_warmup``): a VQ run first trains raw features, then each level's codebook becomes the
 k-means centroids of its features and each vertex's index logits its negative distances to them
@@ -77,10 +77,14 @@ class TrainConfig:
     lr_decay: float | None = None
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
     samples_per_cell: int = 4
+    lod_ratio: float = 2.0  # each step trains one LOD, each finer one this many times as likely (the paper: 2)
     max_samples_per_ray: int = 1024  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
     prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (500, 2000) for masks only
     prune_threshold: float = 1e-3
+    # step after which every finest cell is split into its 8 children: the octree is built and pruned one level
+    # coarser (max_level - 1) until then, and the field gains its finest LOD there (None: built at max_level)
+    subdivide_at: int | None = None
     eval_every: int = 500
     eval_views: int = 4  # views of the test split rendered for the periodic check
     checkpoint_every: int = 500
@@ -114,6 +118,12 @@ class TrainConfig:
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
+        if not self.lod_ratio > 0:
+            raise TvqError(f"--lod-ratio must be positive, got {self.lod_ratio}")
+        if self.subdivide_at is not None and (self.subdivide_at < 1 or self.num_lods < 2 or self.max_level < 2):
+            raise TvqError("--subdivide-at needs a step >= 1, --num-lods >= 2 and --max-level >= 2 (the field trains "
+                           f"one LOD fewer until then), got step {self.subdivide_at}, {self.num_lods} LODs, "
+                           f"level {self.max_level}")
         if self.density not in DENSITIES:
             raise TvqError(f"--density must be one of {', '.join(DENSITIES)}, got {self.density!r}")
         if not 8 <= self.decoder_hidden <= 1024:
@@ -127,6 +137,11 @@ class TrainConfig:
     @property
     def kind(self) -> str:
         return "raw" if self.bits == 0 else ("hash" if self.hash else "vq")
+
+    @property
+    def build_level(self) -> int:
+        """The finest level of the octree a run starts from (one coarser when it subdivides later)."""
+        return self.max_level - (1 if self.subdivide_at is not None else 0)
 
 
 # ---- data on the device ----------------------------------------------------------------------------
@@ -199,7 +214,7 @@ def build_octree(scene: Scene, config: TrainConfig, device, log=print) -> tuple[
         points = scene_points(scene, split="train", device=device)
         if points.shape[0] == 0:
             raise TvqError(f"{scene.root}: the training depth maps hold no valid depth")
-        octree = SparseOctree.from_points(points, config.max_level, dilate=config.dilate)
+        octree = SparseOctree.from_points(points, config.build_level, dilate=config.dilate)
         log(f"octree from {points.shape[0]:,} depth points")
     else:
         if not has_alpha:
@@ -208,7 +223,7 @@ def build_octree(scene: Scene, config: TrainConfig, device, log=print) -> tuple[
         c2ws = torch.from_numpy(np.stack([v.c2w for v in train])).float().to(device)
         alphas = torch.from_numpy(np.stack([v.alpha if v.alpha is not None else np.ones(v.image.shape[:2], np.float32)
                                             for v in train])).to(device)
-        octree = SparseOctree.from_masks(Ks, c2ws, alphas, config.max_level, threshold=config.mask_threshold)
+        octree = SparseOctree.from_masks(Ks, c2ws, alphas, config.build_level, threshold=config.mask_threshold)
         log(f"octree carved from {len(train)} masks (visual hull)")
     return octree, source
 
@@ -221,9 +236,11 @@ def vertex_report(octree: SparseOctree, levels) -> str:
 
 
 def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = None) -> RadianceField:
-    """A fresh field for ``config``; ``kind`` overrides the grid kind (raw features during a VQ warm start)."""
+    """A fresh field for ``config`` on ``octree``; ``kind`` overrides the grid kind (raw features during a VQ warm
+    start). The first feature level is fixed by the config; an octree not yet subdivided has one LOD fewer."""
     kind = kind or config.kind
-    grid = FeatureOctree(octree, num_lods=config.num_lods, feature_dim=config.feature_dim, kind=kind,
+    num_lods = config.num_lods - (config.max_level - octree.max_level)
+    grid = FeatureOctree(octree, num_lods=num_lods, feature_dim=config.feature_dim, kind=kind,
                          bits=0 if kind == "raw" else config.bits, seed=config.seed)
     torch.manual_seed(config.seed)
     decoder = Decoder(config.feature_dim, hidden=config.decoder_hidden, density=config.density)
@@ -253,6 +270,9 @@ def field_from_checkpoint(ckpt: dict, device, source="checkpoint") -> RadianceFi
         config.validate()
     except TvqError as err:
         raise TvqError(f"{source}: checkpoint config: {err}") from None
+    if ckpt["octree"]["max_level"] not in (config.max_level, config.build_level):
+        raise TvqError(f"{source}: checkpoint field 'octree.max_level' is {ckpt['octree']['max_level']}, its config "
+                       f"trains level {config.max_level}")
     octree = octree_from_state(ckpt["octree"], device)
     field_ = make_field(octree, config, kind=ckpt["grid_kind"])
     expected = field_.state_dict()
@@ -273,9 +293,9 @@ def field_from_checkpoint(ckpt: dict, device, source="checkpoint") -> RadianceFi
 # ---- the trainer -----------------------------------------------------------------------------------
 
 
-def lod_probabilities(num_lods: int) -> np.ndarray:
-    """Each finer LOD twice as likely as the one before."""
-    w = 2.0 ** np.arange(num_lods)
+def lod_probabilities(num_lods: int, ratio: float = 2.0) -> np.ndarray:
+    """Each finer LOD ``ratio`` times as likely as the one before (the paper: twice)."""
+    w = float(ratio) ** np.arange(num_lods)
     return w / w.sum()
 
 
@@ -298,7 +318,6 @@ class Trainer:
         if config.random_background and self.data.alphas is None:
             raise TvqError(f"{scene.root}: --random-background needs an alpha mask in every training view")
         self.generator = torch.Generator(device=self.device)  # re-seeded every step from (seed, step)
-        self.lod_probs = lod_probabilities(config.num_lods)
         self.step = 0
         self.elapsed = 0.0
         self.history: list[dict] = []
@@ -413,7 +432,8 @@ class Trainer:
         c = self.config
         self._set_learning_rate()
         rng = np.random.default_rng((c.seed, self.step))  # this step's draws, whatever happened before
-        lod = int(rng.choice(c.num_lods, p=self.lod_probs))
+        num_lods = self.field.num_lods
+        lod = int(rng.choice(num_lods, p=lod_probabilities(num_lods, c.lod_ratio)))
         self.generator.manual_seed(int(rng.integers(1 << 62)))
         with stage("sample"):
             origins, dirs, target, background = self.data.sample(c.batch_rays, self.generator, c.random_background)
@@ -482,23 +502,57 @@ class Trainer:
                              "vertices_before": vertices_before, "vertices_after": counts(new_octree)})
         self.log(f"pruned at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
 
+    @torch.no_grad()
+    def subdivide(self) -> None:
+        """Split every finest cell into its 8 children: the octree gains level ``max_level`` and the field its
+        finest LOD, whose vertices start from the fresh field's small random features (the coarser LODs render
+        as before; the new one nearly so). Later prunings work on the new level."""
+        self.optimizer.zero_grad(set_to_none=True)
+        octree = self.field.octree
+        if octree.max_level >= self.config.max_level:
+            return
+        before = vertex_report(octree, self.field.grid.levels)
+        children = (octree.cells[octree.max_level][:, None] << 3) | torch.arange(8, device=octree.device)
+        new_octree = SparseOctree.from_leaf_codes(octree.max_level + 1, children.reshape(-1), center=octree.center,
+                                                  scale=octree.scale)
+        vertices_before = {str(l): octree.num_vertices(l) for l in self.field.grid.levels}
+        self._remap(new_octree)
+        self.pruning.append({"step": self.step, "subdivided": True, "vertices_before": vertices_before,
+                             "vertices_after": {str(l): new_octree.num_vertices(l) for l in self.field.grid.levels}})
+        self.log(f"subdivided at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
+
     def _remap(self, new_octree: SparseOctree) -> None:
-        """Move parameters and Adam moments onto the (subset) vertices of a pruned octree."""
+        """Move parameters and Adam moments onto the vertices of a pruned or subdivided octree: a vertex the
+        old grid held keeps its row, a new one (a new finest level) its fresh value and zero moments; each
+        level's codebook moves with its level."""
         old_field, old_opt = self.field, self.optimizer
         old_grid = old_field.grid
         new_field = make_field(new_octree, self.config, kind=old_grid.kind)
         new_field.decoder.load_state_dict(old_field.decoder.state_dict())
-        rows = vertex_rows(old_grid, new_octree)  # each new vertex's row in the old table
         new_grid = new_field.grid
-        row_params = {"features", "logits"}  # one row per vertex; codebooks and the decoder are kept whole
+        rows = vertex_rows(old_grid, new_octree, new_grid.levels)  # each new vertex's row in the old table, or -1
+        held = rows >= 0
+        all_held = bool(held.all())
+        rows_held = rows if all_held else rows[held]
+        row_params = {"features", "logits"}  # one row per vertex; codebooks: one block of rows per level
+
+        def moved(old: torch.Tensor, fresh: torch.Tensor, by_row: bool) -> torch.Tensor:
+            """``fresh`` with the old values where the old grid had them."""
+            if by_row:
+                if all_held:
+                    return old[rows_held]
+                fresh[held] = old[rows_held]
+                return fresh
+            fresh[: old.shape[0]] = old  # the old levels' codebooks come first, in level order
+            return fresh
+
         old_by_id = {id(p): name for name, p in old_grid.named_parameters()}
         for name, new_param in new_grid.named_parameters():
-            old_param = getattr(old_grid, name)
-            new_param.data.copy_(old_param.data[rows] if name in row_params else old_param.data)
+            new_param.data = moved(getattr(old_grid, name).data, new_param.data, name in row_params)
         self.field = new_field
         del old_field, new_field
-        if new_grid.kind == "hash":
-            new_grid.indices.copy_(old_grid.indices[rows])
+        if new_grid.kind == "hash":  # (a function of the vertex codes: the fresh field's are the same)
+            new_grid.indices.copy_(moved(old_grid.indices, new_grid.indices.clone(), True))
         self.optimizer = self._make_optimizer()
         # Carry Adam's moments over, re-indexed the same way (both optimisers list parameters in one order);
         # each old moment is freed once copied, so the peak stays near one grid's worth of state.
@@ -510,7 +564,8 @@ class Trainer:
                 continue
             by_row = old_by_id.get(id(old_p)) in row_params
             self.optimizer.state[new_p] = {
-                key: (value[rows] if by_row and torch.is_tensor(value) and value.dim() > 0
+                key: (moved(value, value.new_zeros((new_p.shape[0],) + value.shape[1:]), by_row)
+                      if torch.is_tensor(value) and value.dim() > 0
                       else value.clone() if torch.is_tensor(value) else value)
                 for key, value in state.items()
             }
@@ -593,15 +648,18 @@ class Trainer:
             stats["rays"] += c.batch_rays
             stats["samples"] += out["samples"]
             pruning = self.step in (c.prune_at or ())
+            subdividing = self.step == c.subdivide_at
             quantizing = self.warming_up and self.warmup_over()
             checking = evaluate is not None and c.eval_every and self.step % c.eval_every == 0
             saving = (c.checkpoint_every and self.step % c.checkpoint_every == 0
                       and self.elapsed - self._last_save_elapsed >= c.checkpoint_seconds)
             done = self.step >= c.iters or (budget_s is not None and self.elapsed >= budget_s)
-            if pruning or quantizing or checking or saving or done or self._interrupted:
+            if pruning or subdividing or quantizing or checking or saving or done or self._interrupted:
                 self._timed(self._read_losses)  # nothing is built on a diverged state
             if pruning:
                 self._timed(self.prune)
+            if subdividing:
+                self._timed(self.subdivide)
             if quantizing:
                 self._timed(self.quantize)
             if checking:
