@@ -485,22 +485,15 @@ class Trainer:
         from .prune import cell_max_weights
 
         self.optimizer.zero_grad(set_to_none=True)  # last step's gradients: not needed, and as big as the grid
-        field_ = self.field
-        octree = field_.octree
-        before = vertex_report(octree, field_.grid.levels)
-        weights = cell_max_weights(field_, self.data, self.config)
+        octree = self.field.octree
+        weights = cell_max_weights(self.field, self.data, self.config)
         keep = weights >= self.config.prune_threshold
         if not bool(keep.any()):
             self.log("pruning skipped: no cell reached the weight threshold yet")
             return
         new_octree = SparseOctree.from_leaf_codes(octree.max_level, octree.cells[octree.max_level][keep],
                                                   center=octree.center, scale=octree.scale)
-        counts = lambda o: {str(l): o.num_vertices(l) for l in field_.grid.levels}  # noqa: E731
-        vertices_before = counts(octree)
-        self._remap(new_octree)
-        self.pruning.append({"step": self.step, "threshold": self.config.prune_threshold,
-                             "vertices_before": vertices_before, "vertices_after": counts(new_octree)})
-        self.log(f"pruned at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
+        self._rebuild(new_octree, "pruned", threshold=self.config.prune_threshold)
 
     @torch.no_grad()
     def subdivide(self) -> None:
@@ -511,15 +504,21 @@ class Trainer:
         octree = self.field.octree
         if octree.max_level >= self.config.max_level:
             return
-        before = vertex_report(octree, self.field.grid.levels)
         children = (octree.cells[octree.max_level][:, None] << 3) | torch.arange(8, device=octree.device)
         new_octree = SparseOctree.from_leaf_codes(octree.max_level + 1, children.reshape(-1), center=octree.center,
                                                   scale=octree.scale)
-        vertices_before = {str(l): octree.num_vertices(l) for l in self.field.grid.levels}
+        self._rebuild(new_octree, "subdivided", subdivided=True)
+
+    def _rebuild(self, new_octree: SparseOctree, verb: str, **record) -> None:
+        """Move the field onto ``new_octree``; record and log the vertices per level before and after."""
+        old_octree, old_levels = self.field.octree, self.field.grid.levels
+        vertices_before = {str(l): old_octree.num_vertices(l) for l in old_levels}
         self._remap(new_octree)
-        self.pruning.append({"step": self.step, "subdivided": True, "vertices_before": vertices_before,
-                             "vertices_after": {str(l): new_octree.num_vertices(l) for l in self.field.grid.levels}})
-        self.log(f"subdivided at step {self.step}: {before}  ->  {vertex_report(new_octree, self.field.grid.levels)}")
+        levels = self.field.grid.levels
+        self.pruning.append({"step": self.step, **record, "vertices_before": vertices_before,
+                             "vertices_after": {str(l): new_octree.num_vertices(l) for l in levels}})
+        self.log(f"{verb} at step {self.step}: {vertex_report(old_octree, old_levels)}  ->  "
+                 f"{vertex_report(new_octree, levels)}")
 
     def _remap(self, new_octree: SparseOctree) -> None:
         """Move parameters and Adam moments onto the vertices of a pruned or subdivided octree: a vertex the
@@ -532,18 +531,15 @@ class Trainer:
         new_grid = new_field.grid
         rows = vertex_rows(old_grid, new_octree, new_grid.levels)  # each new vertex's row in the old table, or -1
         held = rows >= 0
-        all_held = bool(held.all())
-        rows_held = rows if all_held else rows[held]
+        rows_held = rows[held]
         row_params = {"features", "logits"}  # one row per vertex; codebooks: one block of rows per level
 
         def moved(old: torch.Tensor, fresh: torch.Tensor, by_row: bool) -> torch.Tensor:
             """``fresh`` with the old values where the old grid had them."""
             if by_row:
-                if all_held:
-                    return old[rows_held]
                 fresh[held] = old[rows_held]
-                return fresh
-            fresh[: old.shape[0]] = old  # the old levels' codebooks come first, in level order
+            else:
+                fresh[: old.shape[0]] = old  # the old levels' codebooks come first, in level order
             return fresh
 
         old_by_id = {id(p): name for name, p in old_grid.named_parameters()}
@@ -551,8 +547,7 @@ class Trainer:
             new_param.data = moved(getattr(old_grid, name).data, new_param.data, name in row_params)
         self.field = new_field
         del old_field, new_field
-        if new_grid.kind == "hash":  # (a function of the vertex codes: the fresh field's are the same)
-            new_grid.indices.copy_(moved(old_grid.indices, new_grid.indices.clone(), True))
+        # (hash indices need no move: they are a function of the vertex codes, the fresh grid has them)
         self.optimizer = self._make_optimizer()
         # Carry Adam's moments over, re-indexed the same way (both optimisers list parameters in one order);
         # each old moment is freed once copied, so the peak stays near one grid's worth of state.
