@@ -146,9 +146,11 @@ def train_cmd(
     vq_warmup: Optional[float] = typer.Option(None, "--vq-warmup", help="With --bits: fraction of the budget "
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
-    samples_per_cell: int = typer.Option(4, "--samples-per-cell", min=1, help="Samples per intersected cell."),
-    lod_ratio: float = typer.Option(2.0, "--lod-ratio", help="Each step trains one LOD, each finer one this many "
-                                    "times as likely as the one before (the paper: 2)."),
+    samples_per_cell: Optional[int] = typer.Option(None, "--samples-per-cell", min=1, help="Samples per intersected "
+                                                   "cell (default: 2 for a visual hull, 4 for a depth octree)."),
+    lod_ratio: Optional[float] = typer.Option(None, "--lod-ratio", help="Each step trains one LOD, each finer one this "
+                                              "many times as likely as the one before (default: 4 for a visual hull, "
+                                              "2 for a depth octree, the paper's)."),
     density: Optional[Density] = typer.Option(None, "--density", help="Decoder density activation: exp (a truncated "
                                               "exponential: sharper surfaces, fewer cells; default) or relu (the "
                                               "paper's)."),
@@ -161,10 +163,12 @@ def train_cmd(
     octree: OctreeSource = typer.Option(OctreeSource.auto, "--octree",
                                         help="Octree source: depth maps, masks (visual hull), or auto (depth if present)."),
     prune_at: str = typer.Option("", "--prune-at", help="Comma-separated steps at which to prune unused cells "
-                                 "(default: 500,2000 for a mask-carved octree, none for depth)."),
+                                 "(default for a visual hull: 500,2000, and N,N+1000 when subdividing at N; none "
+                                 "for depth)."),
     subdivide_at: Optional[int] = typer.Option(None, "--subdivide-at", help="Step after which every finest cell is "
                                                "split into 8: the octree is built and pruned at --max-level minus 1 "
-                                               "until then, and the finest LOD starts there (default: never)."),
+                                               "until then, and the finest LOD starts there (0: never; default: 2000 "
+                                               "for a visual hull when --iters is at least 6000, never for depth)."),
     eval_every: int = typer.Option(1000, "--eval-every", help="Steps between quick test-PSNR checks (0: never)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue the checkpoint in --out where it stopped."),

@@ -19,7 +19,8 @@ from tvq.train import TrainConfig
 
 BUDGET_KEYS = {"iters", "minutes", "eval_every", "bits"}  # how long a run went (bits: a column of its own)
 # the paper's recipe, where today's defaults differ from it: the baseline every study row is described against
-PAPER_RECIPE = {"density": "relu", "decoder_hidden": 128, "adam_beta2": 0.999, "lr_decay": 1.0}
+PAPER_RECIPE = {"density": "relu", "decoder_hidden": 128, "adam_beta2": 0.999, "lr_decay": 1.0, "samples_per_cell": 4,
+                "lod_ratio": 2.0}
 
 
 def changed(config: dict) -> str:
@@ -31,7 +32,7 @@ def changed(config: dict) -> str:
         default = defaults.get(key)
         if isinstance(default, tuple):
             default = list(default)
-        if key in BUDGET_KEYS or key in ("bits", "prune_at") and value is None or value == default:
+        if key in BUDGET_KEYS or key in ("bits", "prune_at", "subdivide_at") and not value or value == default:
             continue
         if key == "prune_at" and value == [500, 2000]:  # the default the trainer resolves for a visual hull
             continue

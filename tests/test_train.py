@@ -134,6 +134,10 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
         TrainConfig(adam_beta2=1.0).validate()
     with pytest.raises(TvqError, match="--lod-ratio"):
         TrainConfig(lod_ratio=0).validate()
+    with pytest.raises(TvqError, match="--samples-per-cell"):
+        TrainConfig(samples_per_cell=0).validate()
+    with pytest.raises(TvqError, match="--subdivide-at must be"):
+        TrainConfig(subdivide_at=-1).validate()
 
 
 def test_random_background_targets_composite_on_each_rays_colour(tiny_scene, tmp_path):
@@ -301,6 +305,39 @@ def test_subdivision_adds_the_finest_level_and_keeps_the_coarser_ones(tiny_scene
     resumed.setup(resume=True)
     assert resumed.field.grid.levels == (3, 4, 5) and resumed.step == 12
     assert torch.equal(getattr(resumed.field.grid, table).detach(), getattr(trainer.field.grid, table).detach())
+
+
+@pytest.mark.parametrize("source, given, iters, want", [
+    # a visual hull: the shell (pruned at level max - 1, subdivided at 2000, trimmed at 3000), 2 samples, ratio 4
+    ("masks", {}, 20000, dict(samples_per_cell=2, lod_ratio=4.0, subdivide_at=2000, prune_at=(500, 2000, 3000))),
+    # ... unless the step cap leaves the new level too little time: built at max_level, the two prunings
+    ("masks", {}, 5999, dict(samples_per_cell=2, lod_ratio=4.0, subdivide_at=0, prune_at=(500, 2000))),
+    ("masks", {"subdivide_at": 4000}, 100, dict(subdivide_at=4000, prune_at=(500, 2000, 4000, 5000))),
+    ("masks", {"subdivide_at": 0, "samples_per_cell": 3, "lod_ratio": 2.0, "prune_at": (7,)}, 20000,
+     dict(samples_per_cell=3, lod_ratio=2.0, subdivide_at=0, prune_at=(7,))),
+    # a depth octree: the paper's sampling, never pruned or subdivided
+    ("depth", {}, 20000, dict(samples_per_cell=4, lod_ratio=2.0, subdivide_at=0, prune_at=())),
+    ("depth", {"subdivide_at": 10}, 20000, dict(subdivide_at=10, prune_at=())),
+])
+def test_options_left_unset_take_their_octree_sources_defaults(source, given, iters, want):
+    config = TrainConfig(iters=iters, **given)
+    config.validate()
+    assert config.build_level == config.max_level - bool(config.subdivide_at)
+    config.fill_source_defaults(source)
+    config.validate()
+    assert {key: getattr(config, key) for key in want} == want
+    assert config.build_level == config.max_level - (1 if want["subdivide_at"] else 0)
+
+
+def test_a_visual_hull_run_starts_one_level_coarser_by_default(tiny_scene, tmp_path):
+    """An octree carved from the masks: built at max_level - 1 by default, to subdivide at step 2000."""
+    runtime.init()
+    config = TrainConfig(iters=6000, octree_from="masks", max_level=5, num_lods=2, eval_every=0)
+    trainer = Trainer(tiny_scene, config, tmp_path / "run")
+    trainer.setup()
+    c = trainer.config
+    assert (c.subdivide_at, c.prune_at, c.samples_per_cell, c.lod_ratio) == (2000, (500, 2000, 3000), 2, 4.0)
+    assert trainer.field.octree.max_level == 4 and trainer.field.num_lods == 1
 
 
 def test_subdivide_at_needs_a_coarser_lod(tvq, tmp_path):

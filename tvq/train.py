@@ -14,7 +14,9 @@ of a 6-bit run), and from the start on a depth octree, which is never pruned.
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
 ``prune_at`` steps the trainer renders the training rays, keeps the finest cells whose rendering weight
-reached ``prune_threshold`` somewhere, and rebuilds the octree and its parameters around them.
+reached ``prune_threshold`` somewhere, and rebuilds the octree and its parameters around them. By default
+it is built and pruned one level coarser and split into 8 inside what survived (``subdivide_at``), so the
+carved interior never gets vertices at the finest level (``SOURCE_DEFAULTS``).
 
 Every random choice of a step (its LOD, its rays, the jitter of its samples) is a function of the seed and
 the step number, drawn on the host without waiting for the GPU. The GPU is waited for only where a step
@@ -53,6 +55,16 @@ from .render import RenderOptions, render_rays
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
 # options of the training recipe that a resumed run keeps from its checkpoint unless the command sets them
 RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay")
+# Options whose default depends on where the octree comes from (a TrainConfig field left None takes it), as
+# measured on lego and amsterdam (README, "A pruned shell"): a carved visual hull is built and pruned one level
+# coarser, split into 8 inside what survived, pruned once more, sampled twice per cell, and trains its finest
+# LOD most; a depth octree already hugs the surface and keeps the paper's sampling. subdivide_at 0: never.
+SOURCE_DEFAULTS = {
+    "masks": {"samples_per_cell": 2, "lod_ratio": 4.0, "subdivide_at": 2000},
+    "depth": {"samples_per_cell": 4, "lod_ratio": 2.0, "subdivide_at": 0},
+}
+# a visual hull subdivides by default only when the step cap leaves the new level time to train
+MIN_STEPS_PER_SUBDIVISION_STEP = 3
 
 
 @dataclass
@@ -76,14 +88,17 @@ class TrainConfig:
     # features, 1 with indices (the decay costs VQ-AD 0.4 dB: its logits keep moving until the end)
     lr_decay: float | None = None
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
-    samples_per_cell: int = 4
-    lod_ratio: float = 2.0  # each step trains one LOD, each finer one this many times as likely (the paper: 2)
+    samples_per_cell: int | None = None  # None: the octree source's default (SOURCE_DEFAULTS); the paper: 4
+    # each step trains one LOD, each finer one this many times as likely (the paper: 2); None: the source's
+    lod_ratio: float | None = None
     max_samples_per_ray: int = 1024  # caps memory on rays that cross a thick (unpruned) visual hull
     seed: int = 0
-    prune_at: tuple[int, ...] | None = None  # steps after which to prune; None: (500, 2000) for masks only
+    # steps after which to prune; None: none for depth, for masks 500 and 2000 and, when subdividing at N, N and N + 1000
+    prune_at: tuple[int, ...] | None = None
     prune_threshold: float = 1e-3
     # step after which every finest cell is split into its 8 children: the octree is built and pruned one level
-    # coarser (max_level - 1) until then, and the field gains its finest LOD there (None: built at max_level)
+    # coarser (max_level - 1) until then, and the field gains its finest LOD there (0: never, built at max_level;
+    # None: the source's default, 2000 for masks when ``iters`` is at least 3x that)
     subdivide_at: int | None = None
     eval_every: int = 500
     eval_views: int = 4  # views of the test split rendered for the periodic check
@@ -118,10 +133,14 @@ class TrainConfig:
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
-        if not self.lod_ratio > 0:
+        if self.lod_ratio is not None and not self.lod_ratio > 0:
             raise TvqError(f"--lod-ratio must be positive, got {self.lod_ratio}")
-        if self.subdivide_at is not None and (self.subdivide_at < 1 or self.num_lods < 2 or self.max_level < 2):
-            raise TvqError("--subdivide-at needs a step >= 1, --num-lods >= 2 and --max-level >= 2 (the field trains "
+        if self.samples_per_cell is not None and self.samples_per_cell < 1:
+            raise TvqError(f"--samples-per-cell must be at least 1, got {self.samples_per_cell}")
+        if self.subdivide_at is not None and self.subdivide_at < 0:
+            raise TvqError(f"--subdivide-at must be a step >= 1, or 0 for never, got {self.subdivide_at}")
+        if self.subdivide_at and (self.num_lods < 2 or self.max_level < 2):
+            raise TvqError("--subdivide-at needs --num-lods >= 2 and --max-level >= 2 (the field trains "
                            f"one LOD fewer until then), got step {self.subdivide_at}, {self.num_lods} LODs, "
                            f"level {self.max_level}")
         if self.density not in DENSITIES:
@@ -141,7 +160,19 @@ class TrainConfig:
     @property
     def build_level(self) -> int:
         """The finest level of the octree a run starts from (one coarser when it subdivides later)."""
-        return self.max_level - (1 if self.subdivide_at is not None else 0)
+        return self.max_level - (1 if self.subdivide_at else 0)
+
+    def fill_source_defaults(self, source: str) -> None:
+        """Give the options left None the defaults of an octree from ``source`` (depth or masks)."""
+        default_subdivision = self.subdivide_at is None
+        for key, value in SOURCE_DEFAULTS[source].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if default_subdivision and self.subdivide_at * MIN_STEPS_PER_SUBDIVISION_STEP > self.iters:
+            self.subdivide_at = 0
+        if self.prune_at is None:
+            steps = {500, 2000} | ({self.subdivide_at, self.subdivide_at + 1000} if self.subdivide_at else set())
+            self.prune_at = tuple(sorted(steps)) if source == "masks" else ()
 
 
 # ---- data on the device ----------------------------------------------------------------------------
@@ -198,17 +229,24 @@ class RayData:
 # ---- octree ----------------------------------------------------------------------------------------
 
 
+def octree_source(scene: Scene, requested: str = "auto") -> str:
+    """Where a scene's octree comes from: ``depth`` (the training depth points) or ``masks`` (a visual hull);
+    ``auto`` takes depth when the training views have it."""
+    train = scene.split("train")
+    has_depth = any(v.depth is not None for v in train)
+    source = ("depth" if has_depth else "masks") if requested == "auto" else requested
+    if source == "depth" and not has_depth:
+        raise TvqError(f"{scene.root}: --octree depth, but the training views have no depth")
+    if source == "masks" and not any(v.alpha is not None for v in train):
+        raise TvqError(f"{scene.root}: the scene has neither training depth nor alpha masks to build an octree")
+    return source
+
+
 def build_octree(scene: Scene, config: TrainConfig, device, log=print) -> tuple[SparseOctree, str]:
     """The starting octree, from the training depth points or carved from the training masks; and which."""
     train = scene.split("train")
-    source = config.octree_from
-    has_depth = any(v.depth is not None for v in train)
-    has_alpha = any(v.alpha is not None for v in train)
-    if source == "auto":
-        source = "depth" if has_depth else "masks"
+    source = octree_source(scene, config.octree_from)
     if source == "depth":
-        if not has_depth:
-            raise TvqError(f"{scene.root}: --octree depth, but the training views have no depth")
         from .data.rays import scene_points
 
         points = scene_points(scene, split="train", device=device)
@@ -217,8 +255,6 @@ def build_octree(scene: Scene, config: TrainConfig, device, log=print) -> tuple[
         octree = SparseOctree.from_points(points, config.build_level, dilate=config.dilate)
         log(f"octree from {points.shape[0]:,} depth points")
     else:
-        if not has_alpha:
-            raise TvqError(f"{scene.root}: the scene has neither training depth nor alpha masks to build an octree")
         Ks = torch.from_numpy(np.stack([v.K for v in train])).float().to(device)
         c2ws = torch.from_numpy(np.stack([v.c2w for v in train])).float().to(device)
         alphas = torch.from_numpy(np.stack([v.alpha if v.alpha is not None else np.ones(v.image.shape[:2], np.float32)
@@ -338,9 +374,8 @@ class Trainer:
             self._restore(load_checkpoint(self.checkpoint_path))
             self.log(f"resumed from {self.checkpoint_path} at step {self.step}")
             return
-        octree, source = build_octree(self.scene, self.config, self.device, self.log)
-        if self.config.prune_at is None:
-            self.config.prune_at = (500, 2000) if source == "masks" else ()
+        self.config.fill_source_defaults(octree_source(self.scene, self.config.octree_from))
+        octree, _ = build_octree(self.scene, self.config, self.device, self.log)
         warmup = self.config.vq_warmup
         warm_start = self.config.kind == "vq" and (bool(self.config.prune_at) if warmup is None else warmup > 0)
         self.field = make_field(octree, self.config, kind="raw" if warm_start else None)
@@ -366,8 +401,12 @@ class Trainer:
             if getattr(saved, key) != getattr(self.config, key):
                 raise TvqError(f"{self.checkpoint_path}: checkpoint has {key}={getattr(saved, key)}, "
                                f"the command asks for {getattr(self.config, key)}")
-        if self.config.prune_at is None:
-            self.config.prune_at = saved.prune_at
+        for key in ("prune_at", *SOURCE_DEFAULTS["masks"]):  # the run goes on as it started
+            if getattr(self.config, key) is None:
+                setattr(self.config, key, getattr(saved, key))
+        if self.config.subdivide_at is None:  # (a checkpoint from before the option: never)
+            self.config.subdivide_at = 0
+        self.config.fill_source_defaults(octree_source(self.scene, self.config.octree_from))
         cams = ckpt["cameras"]
         size = (int(self.data.images.shape[2]), int(self.data.images.shape[1]))
         if (cams["width"], cams["height"]) != size or cams["c2ws"].shape[0] != self.data.c2ws.shape[0]:
