@@ -4,6 +4,7 @@ import json
 
 import imageio.v3 as iio
 import pytest
+import torch
 
 from tvq.train import TrainConfig
 
@@ -274,6 +275,14 @@ def test_compress_vqrf_end_to_end(trained, tvq):
     model = open_model(out)
     assert model.header["model"]["kind"] == "vqrf" and model.lods == 2
     assert model.header["model"]["vqrf"]["kept"][0] == 0 < model.header["model"]["vqrf"]["kept"][1]
+    # a checkpoint whose config leaves the options that depend on the octree source unset (or predates them)
+    edited = torch.load(ckpt, weights_only=True)
+    edited["config"].update(samples_per_cell=None, lod_ratio=None)
+    del edited["config"]["subdivide_at"]
+    torch.save(edited, root / "unset.pt")
+    unset = tvq("compress", root / "unset.pt", "--out", root / "unset.tvq", "--method", "vqrf", "--finetune-steps", 5,
+                "--codebook", 64)
+    assert unset.returncode == 0 and (root / "unset.tvq").is_file(), unset.stderr
     for lod in (0, 1):
         frames = tvq("render", out, "--out", root / f"vqrf-lod{lod}", "--orbit", 1, "--lod", lod)
         assert frames.returncode == 0, frames.stderr
