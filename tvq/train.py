@@ -56,9 +56,10 @@ LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for 
 # options of the training recipe that a resumed run keeps from its checkpoint unless the command sets them
 RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay")
 # Options whose default depends on where the octree comes from (a TrainConfig field left None takes it), as
-# measured on lego and amsterdam (README, "A pruned shell"): a carved visual hull is built and pruned one level
-# coarser, split into 8 inside what survived, pruned once more, sampled twice per cell, and trains its finest
-# LOD most; a depth octree already hugs the surface and keeps the paper's sampling. subdivide_at 0: never.
+# measured (README, "A pruned shell": lego for masks; amsterdam and livingroom for depth): a carved visual hull
+# is built and pruned one level coarser, split into 8 inside what survived, pruned once more, sampled twice per
+# cell, and trains its finest LOD most; a depth octree already hugs the surface and keeps the paper's sampling.
+# subdivide_at 0: never.
 SOURCE_DEFAULTS = {
     "masks": {"samples_per_cell": 2, "lod_ratio": 4.0, "subdivide_at": 2000},
     "depth": {"samples_per_cell": 4, "lod_ratio": 2.0, "subdivide_at": 0},
@@ -173,6 +174,12 @@ class TrainConfig:
         if self.prune_at is None:
             steps = {500, 2000} | ({self.subdivide_at, self.subdivide_at + 1000} if self.subdivide_at else set())
             self.prune_at = tuple(sorted(steps)) if source == "masks" else ()
+
+    def fill_saved_defaults(self, source: str) -> None:
+        """The same for a checkpoint's config, where subdivide_at None (written before the option) means never."""
+        if self.subdivide_at is None:
+            self.subdivide_at = 0
+        self.fill_source_defaults(source)
 
 
 # ---- data on the device ----------------------------------------------------------------------------
@@ -404,9 +411,7 @@ class Trainer:
         for key in ("prune_at", *SOURCE_DEFAULTS["masks"]):  # the run goes on as it started
             if getattr(self.config, key) is None:
                 setattr(self.config, key, getattr(saved, key))
-        if self.config.subdivide_at is None:  # (a checkpoint from before the option: never)
-            self.config.subdivide_at = 0
-        self.config.fill_source_defaults(octree_source(self.scene, self.config.octree_from))
+        self.config.fill_saved_defaults(octree_source(self.scene, self.config.octree_from))
         cams = ckpt["cameras"]
         size = (int(self.data.images.shape[2]), int(self.data.images.shape[1]))
         if (cams["width"], cams["height"]) != size or cams["c2ws"].shape[0] != self.data.c2ws.shape[0]:

@@ -82,9 +82,7 @@ def _compress_vqrf(ckpt: dict, checkpoint: Path, out: Path, scene_path, downscal
     if (scene.width, scene.height) != (cams["width"], cams["height"]):
         raise TvqError(f"{scene_path}: views of {scene.width}x{scene.height}, the checkpoint was trained on "
                        f"{cams['width']}x{cams['height']} (another --downscale?)")
-    if config.subdivide_at is None:  # (a checkpoint from before the option: never)
-        config.subdivide_at = 0
-    config.fill_source_defaults(octree_source(scene, config.octree_from))  # options a checkpoint left unset
+    config.fill_saved_defaults(octree_source(scene, config.octree_from))  # options a checkpoint left unset
     runtime.ensure()
     device = runtime.device()
     trainer = Trainer(scene, config, Path(out).parent, log=log)
