@@ -228,11 +228,12 @@ def test_recipe_table_reads_grouped_and_plain_studies_against_the_papers_recipe(
                 "peak_gpu_memory_bytes": 2 ** 31, "lods": [{"psnr": 30.0}, {"psnr": 33.5}],
                 "config": {**PAPER_RECIPE, "iters": 10 ** 6, "minutes": 1.0, **config}}
 
-    text = table([("first", {"groups": {"levers": [run(5.0), run(60.0), run(60.0, density="exp")]}}),
+    text = table([("first", {"groups": {"levers": [run(5.0), {**run(40.0), "warmup": True}, run(60.0),
+                                                   run(60.0, density="exp")]}}),
                   ("defaults", {"runs": [run(60.0, density="exp", lr_decay=None),
                                          {**run(60.0, density="exp", lr_decay=None, bits=6), "bits": 6}]})])
     lines = text.splitlines()[2:]
-    assert len(lines) == 4  # the 5-second warm-up run is left out
+    assert len(lines) == 4  # the 5-second run and the one marked as a warm-up are left out
     assert lines[0].startswith("| levers | 0 | the paper's recipe | 60 s | 9,000 | 30.00 / 33.50 | 9.0 s | 2.0 GB |")
     assert lines[1].startswith('| levers | 0 | density "exp" |')
     assert lines[2].startswith("| defaults | 0 | density \"exp\", lr_decay 0.1 |")

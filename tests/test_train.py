@@ -247,6 +247,20 @@ def test_vq_warm_start_trains_raw_then_quantises(tiny_scene, tmp_path):
     assert int(trainer.optimizer.state[decoder_param]["step"]) == 20
 
 
+@pytest.mark.parametrize("gap", [0.5, 4.0])
+def test_quantisation_starts_the_logits_at_the_configured_gap(tiny_scene, tmp_path, gap):
+    runtime.init()
+    trainer = Trainer(tiny_scene, TrainConfig(bits=3, iters=4, vq_warmup=0.5, vq_logit_gap=gap, seed=0, **TINY),
+                      tmp_path)
+    trainer.setup()
+    trainer.fit()  # quantised after step 2, trained 2 more steps: the gaps move a little, not by 2x
+    grid = trainer.field.grid
+    top2 = grid.logits.detach().topk(2, dim=1).values
+    finest = slice(int(grid.flat.vertex_start[-2]), int(grid.flat.vertex_start[-1]))
+    median = float((top2[finest, 0] - top2[finest, 1]).median())
+    assert gap / 1.5 < median < gap * 1.5
+
+
 def test_default_warm_start_lasts_until_the_last_pruning(tiny_scene, tmp_path):
     runtime.init()
     logs = []

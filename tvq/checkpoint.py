@@ -131,7 +131,8 @@ _NESTED = {
 # Options newer than the checkpoint format, with the value a checkpoint written before them trained with
 # (filled in on load, whatever today's default is).
 ADDED_LATER = {"decoder_hidden": 128, "lazy_rows": False, "density": "relu", "adam_beta2": 0.999,
-               "random_background": False, "lr_decay": 1.0, "subdivide_at": None, "lod_ratio": 2.0}
+               "random_background": False, "lr_decay": 1.0, "subdivide_at": None, "lod_ratio": 2.0,
+               "vq_logit_gap": 2.0}
 
 
 def _config_checks() -> dict:

@@ -5,8 +5,8 @@ step draws ``batch_rays`` rays uniformly over all training pixels and one LOD, e
 likely as the one before (``lod_ratio``); MSE loss in sRGB against images composited on the scene background.
 
 VQ warm start (``vq_warmup``): a VQ run first trains raw features, then each level's codebook becomes the
-k-means centroids of its features and each vertex's index logits its negative distances to them
-(``FeatureOctree.quantized_from``); training goes on end to end from there. A fraction of the budget, 0 to
+k-means centroids of its features and each vertex's index logits its negative distances to them, scaled to
+a median top-two gap of ``vq_logit_gap`` (``FeatureOctree.quantized_from``); training goes on end to end from there. A fraction of the budget, 0 to
 train VQ from the start, or None (default): until the last pruning of a visual hull, whose unpruned
 vertices would otherwise each carry 2^b logits with their gradient and two Adam moments (the memory peak
 of a 6-bit run), and from the start on a depth octree, which is never pruned.
@@ -44,7 +44,7 @@ from . import checkpoint, runtime
 from .data.rays import rays_for_views
 from .data.scene import Scene
 from .errors import TvqError
-from .field import DENSITIES, Decoder, FeatureOctree, RadianceField
+from .field import DENSITIES, LOGIT_GAP, Decoder, FeatureOctree, RadianceField
 from .metrics import mse_to_psnr
 from .octree import SparseOctree
 from .optim import LazyRowAdam
@@ -89,6 +89,7 @@ class TrainConfig:
     # features, 1 with indices (the decay costs VQ-AD 0.4 dB: its logits keep moving until the end)
     lr_decay: float | None = None
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
+    vq_logit_gap: float = LOGIT_GAP  # VQ warm start: median gap of the logits' top two codes (tvq.field)
     samples_per_cell: int | None = None  # None: the octree source's default (SOURCE_DEFAULTS); the paper: 4
     # each step trains one LOD, each finer one this many times as likely (the paper: 2); None: the source's
     lod_ratio: float | None = None
@@ -130,6 +131,8 @@ class TrainConfig:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.vq_warmup is not None and not 0 <= self.vq_warmup < 1:
             raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
+        if not self.vq_logit_gap > 0:
+            raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.vq_warmup and self.kind != "vq":
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
         if self.batch_rays < 1:
@@ -627,7 +630,8 @@ class Trainer:
         """Replace the raw features by k-means codebooks and distance logits; the decoder and its Adam
         state carry on unchanged."""
         old_field, old_opt = self.field, self.optimizer
-        grid = FeatureOctree.quantized_from(old_field.grid, self.config.bits, seed=self.config.seed)
+        grid = FeatureOctree.quantized_from(old_field.grid, self.config.bits, seed=self.config.seed,
+                                             logit_gap=self.config.vq_logit_gap)
         self.field = RadianceField(grid, old_field.decoder)
         self.optimizer = self._make_optimizer()
         for p in self.field.decoder.parameters():
