@@ -138,6 +138,9 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
         TrainConfig(samples_per_cell=0).validate()
     with pytest.raises(TvqError, match="--subdivide-at must be"):
         TrainConfig(subdivide_at=-1).validate()
+    for gap in (0.0, -1.0):
+        with pytest.raises(TvqError, match="vq_logit_gap must be positive"):
+            TrainConfig(bits=6, vq_logit_gap=gap).validate()
 
 
 def test_random_background_targets_composite_on_each_rays_colour(tiny_scene, tmp_path):
