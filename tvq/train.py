@@ -6,10 +6,11 @@ likely as the one before (``lod_ratio``); MSE loss in sRGB against images compos
 
 VQ warm start (``vq_warmup``): a VQ run first trains raw features, then each level's codebook becomes the
 k-means centroids of its features and each vertex's index logits its negative distances to them, scaled to
-a median top-two gap of ``vq_logit_gap`` (``FeatureOctree.quantized_from``); training goes on end to end from there. A fraction of the budget, 0 to
-train VQ from the start, or None (default): until the last pruning of a visual hull, whose unpruned
-vertices would otherwise each carry 2^b logits with their gradient and two Adam moments (the memory peak
-of a 6-bit run), and from the start on a depth octree, which is never pruned.
+a median top-two gap of ``vq_logit_gap`` (``FeatureOctree.quantized_from``); training goes on end to end
+from there. A fraction of the budget, 0 to train VQ from the start, or None (default): until the last
+pruning of a visual hull, whose unpruned vertices would otherwise each carry 2^b logits with their gradient
+and two Adam moments (the memory peak of a 6-bit run), and from the start on a depth octree, which is never
+pruned.
 
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
@@ -131,10 +132,10 @@ class TrainConfig:
             raise TvqError(f"--lr-decay must be in (0, 1], got {self.lr_decay}")
         if self.vq_warmup is not None and not 0 <= self.vq_warmup < 1:
             raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
-        if not self.vq_logit_gap > 0:
-            raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.vq_warmup and self.kind != "vq":
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
+        if not self.vq_logit_gap > 0:
+            raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.batch_rays < 1:
             raise TvqError("--batch-rays must be at least 1")
         if self.lod_ratio is not None and not self.lod_ratio > 0:
