@@ -11,7 +11,8 @@ profiler; annotations not counted), the host-overhead share ``1 - gpu_busy / wal
 waits for the host), and per stage (``tvq.profiling.StageTimes``, a separate pass) the host time
 (``cpu_ms``: Python and launch work inside the stage) and the GPU time of its kernels in stream order
 (``gpu_ms``; CUDA only). march, features, decoder and composite make up the forward pass; backward
-includes every kernel's backward.
+includes every kernel's backward. A step marches in two parts: it counts the next step's samples (and draws
+its rays: sample) before it fills its own, so the host never waits for the GPU to drain.
 """
 
 from __future__ import annotations

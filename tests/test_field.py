@@ -92,3 +92,23 @@ def test_two_layer_mlp_matches_autograd_in_chunks():
 class _Linear:
     def __init__(self, weight, bias):
         self.weight, self.bias = weight, bias
+
+
+@pytest.mark.parametrize("density", ["relu", "exp"])
+def test_decoder_head_matches_its_slices(density):
+    """The fused head against activate_density and sigmoid on slices of y: values, and gradients for random
+    cotangents, also when only one of its outputs is used."""
+    from tvq.field import activate_density, decoder_head
+
+    gen = torch.Generator().manual_seed(9)
+    y = (torch.randn(300, 4, generator=gen, dtype=torch.float64) * 12).requires_grad_()
+    gs, grgb = torch.randn(300, generator=gen, dtype=torch.float64), torch.randn(300, 3, generator=gen, dtype=torch.float64)
+    sigma, rgb = decoder_head(y, density)
+    want_sigma, want_rgb = activate_density(y[:, 0], density), torch.sigmoid(y[:, 1:])
+    torch.testing.assert_close(sigma, want_sigma)
+    torch.testing.assert_close(rgb, want_rgb)
+    got = torch.autograd.grad((sigma * gs).sum() + (rgb * grgb).sum(), y)[0]
+    want = torch.autograd.grad((want_sigma * gs).sum() + (want_rgb * grgb).sum(), y)[0]
+    torch.testing.assert_close(got, want)
+    only_rgb = torch.autograd.grad((decoder_head(y, density)[1] * grgb).sum(), y)[0]
+    torch.testing.assert_close(only_rgb, torch.autograd.grad((torch.sigmoid(y[:, 1:]) * grgb).sum(), y)[0])

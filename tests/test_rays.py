@@ -228,3 +228,26 @@ def test_scene_points_concatenates_views_with_depth():
     assert scene_points(scene, "train", stride=2).shape == (4 + 2, 3)
     assert scene_points(scene, "val").shape == (0, 3)
     assert scene_points(scene, "test").dtype == torch.float32
+
+
+# ---- the training-ray kernel against its twin ----------------------------------------------------------------
+
+
+def test_training_rays_kernel_matches_its_twin():
+    from tvq import ops, reference, runtime
+
+    rng = np.random.default_rng(5)
+    H, W = 6, 9
+    views = [View(f"v{k}", rng.uniform(size=(H, W, 3)).astype(np.float32),
+                  _K(7.0 + k, 4.1, 2.9, fy=6.5, skew=0.3 * k), _random_c2w(rng)) for k in range(3)]
+    device = runtime.device()
+    Ks, c2ws = (x.to(device) for x in stack_cameras(views))
+    images = torch.from_numpy(np.stack([v.image for v in views])).to(device)
+    ids = torch.from_numpy(rng.integers(0, 3 * H * W, size=500)).to(device)
+    ids[:2] = torch.tensor([0, 3 * H * W - 1])  # the first and the last pixel
+    got = ops.training_rays(ids, Ks, c2ws, images)
+    want = reference.training_rays(ids, Ks, c2ws, images)
+    for g, w in zip(got, want):
+        assert g.shape == (500, 3) and g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    assert all(x.shape == (0, 3) for x in ops.training_rays(ids[:0], Ks, c2ws, images))

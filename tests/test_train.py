@@ -363,3 +363,27 @@ def test_subdivide_at_needs_a_coarser_lod(tvq, tmp_path):
     proc = tvq("train", tmp_path, "--out", tmp_path / "run", "--subdivide-at", 10, "--num-lods", 1)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--subdivide-at" in proc.stderr, \
         proc.stderr
+
+
+def test_prefetched_batch_is_the_one_a_step_would_draw(tiny_scene, tmp_path):
+    """A step draws and counts the next step's rays ahead: the same draws, rays and sample offsets as that
+    step would make afresh; after a pruning the batch no longer matches the field (and is drawn again).
+    (Bitwise equality of whole runs across a fresh draw: the resume test, whose resumed run starts without
+    a prefetched batch.)"""
+    runtime.init()
+    config = TrainConfig(bits=0, iters=4, seed=4, prune_threshold=1e-4, **TINY)
+    trainer = Trainer(tiny_scene, config, tmp_path, log=lambda *a: None)
+    trainer.setup()
+    for _ in range(2):
+        trainer.train_step()
+        trainer.step += 1
+    ahead = trainer._next
+    fresh = trainer._batch(trainer.step)
+    assert ahead.step == fresh.step == trainer.step and ahead.field() is trainer.field
+    assert (ahead.lod, ahead.seed) == (fresh.lod, fresh.seed)
+    assert torch.equal(ahead.target, fresh.target)
+    assert torch.equal(ahead.counts.ray_offsets, fresh.counts.ray_offsets)
+    assert ahead.counts.num_samples == fresh.counts.num_samples > 0
+    trainer.prune()
+    assert trainer._next.field() is not trainer.field  # stale: train_step draws this step's batch again
+    assert trainer.train_step()["samples"] > 0

@@ -22,6 +22,8 @@ and weights, an exponential at an output of ~7.
 
 from __future__ import annotations
 
+import functools
+
 
 import torch
 from torch import nn
@@ -50,9 +52,14 @@ def spatial_hash(vertex_codes: torch.Tensor, level: int, bits: int, seed: int = 
     return (h ^ (h >> 12)) & ((1 << bits) - 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _frequencies(num_freqs: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return 2.0 ** torch.arange(num_freqs, device=device, dtype=dtype)  # made once, not two launches per step
+
+
 def encode_direction(d: torch.Tensor, num_freqs: int = 4) -> torch.Tensor:
     """NeRF positional encoding of unit directions: d, sin(2^k d), cos(2^k d) -> (N, 3 + 6 num_freqs)."""
-    freqs = 2.0 ** torch.arange(num_freqs, device=d.device, dtype=d.dtype)
+    freqs = _frequencies(num_freqs, d.device, d.dtype)
     scaled = (d[:, None, :] * freqs[:, None]).reshape(d.shape[0], 3 * num_freqs)
     return torch.cat([d, torch.sin(scaled), torch.cos(scaled)], dim=-1)
 
@@ -80,6 +87,39 @@ def activate_density(y: torch.Tensor, density: str) -> torch.Tensor:
     return torch.relu(y) if density == "relu" else _TruncatedExp.apply(y)
 
 
+class _Head(torch.autograd.Function):
+    """The decoder's outputs y (S, 4) -> sigma = activate_density(y[:, 0]) and rgb = sigmoid(y[:, 1:]) as one
+    autograd node: the backward writes dL/dy in one (S, 4) tensor, where separate slices of y would each
+    materialise a zero-filled (S, 4) gradient and add them up (three full passes and six launches a step)."""
+
+    @staticmethod
+    def forward(ctx, y, exp_density: bool):
+        raw_sigma = y[:, 0]
+        sigma = torch.exp(raw_sigma.clamp(max=EXP_CLAMP)) if exp_density else torch.relu(raw_sigma)
+        rgb = torch.sigmoid(y[:, 1:])
+        ctx.save_for_backward(raw_sigma, rgb)
+        ctx.exp_density = exp_density
+        return sigma, rgb
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_sigma, grad_rgb):
+        raw_sigma, rgb = ctx.saved_tensors
+        grad = rgb.new_zeros(rgb.shape[0], 4) if grad_sigma is None or grad_rgb is None else rgb.new_empty(
+            rgb.shape[0], 4)
+        if grad_sigma is not None:
+            slope = torch.exp(raw_sigma.clamp(max=EXP_GRAD_CLAMP)) if ctx.exp_density else (raw_sigma > 0).to(rgb.dtype)
+            torch.mul(grad_sigma, slope, out=grad[:, 0])
+        if grad_rgb is not None:
+            torch.ops.aten.sigmoid_backward.grad_input(grad_rgb, rgb, grad_input=grad[:, 1:])
+        return grad, None
+
+
+def decoder_head(y: torch.Tensor, density: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Density (S,) and colour (S, 3) from the decoder's raw outputs (S, 4)."""
+    return _Head.apply(y, density == "exp")
+
+
 class Decoder(nn.Module):
     def __init__(self, feature_dim: int = 16, hidden: int = 128, num_freqs: int = 4, density: str = "relu"):
         super().__init__()
@@ -98,8 +138,7 @@ class Decoder(nn.Module):
         view = encode_direction(dirs, self.num_freqs)
         if ray_ids is not None:
             view = view.index_select(0, ray_ids)
-        out = two_layer_mlp(features, view, self.net[0], self.net[2])
-        return activate_density(out[:, 0], self.density), torch.sigmoid(out[:, 1:])
+        return decoder_head(two_layer_mlp(features, view, self.net[0], self.net[2]), self.density)
 
 
 class FeatureOctree(nn.Module):

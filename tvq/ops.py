@@ -329,3 +329,22 @@ def composite(
     colour, opacity, depth, weights = _Composite.apply(sigma, rgb, t, dt, ray_offsets, background,
                                                        float(early_stop_eps), bool(return_weights))
     return Composited(colour, opacity, depth, weights if return_weights else None)
+
+
+# --- training rays (tvq/kernels/rays.py) ---
+
+
+def training_rays(ids: torch.Tensor, Ks: torch.Tensor, c2ws: torch.Tensor, images: torch.Tensor):
+    """Origins, unit directions and target colours (N, 3) of the pixels ``ids`` (N,) of views with
+    intrinsics ``Ks`` (V, 3, 3), camera-to-world ``c2ws`` (V, 4, 4) and ``images`` (V, H, W, 3), the id of
+    column i of row j of view v being v H W + j W + i (math in ``tvq.kernels.rays``). Float32 tensors on the
+    Taichi backend's device; ids must name pixels (not checked: the caller draws them)."""
+    from .kernels.rays import training_rays_kernel
+
+    runtime.ensure()
+    ids = _plain(ids.long())
+    n = ids.shape[0]
+    out = torch.empty(3, n, 3, dtype=torch.float32, device=ids.device)
+    if n:
+        training_rays_kernel()(ids, _plain(Ks), _plain(c2ws), _plain(images), out[0], out[1], out[2])
+    return out[0], out[1], out[2]

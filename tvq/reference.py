@@ -345,3 +345,17 @@ def importance(points: torch.Tensor, flat, weights: torch.Tensor, lod: int | Non
         for c in range(8):
             out.index_add_(0, rows[:, c], weights * w[:, c])
     return out
+
+
+# --- training rays (tvq/kernels/rays.py) ---
+
+
+def training_rays(ids: torch.Tensor, Ks: torch.Tensor, c2ws: torch.Tensor, images: torch.Tensor):
+    """Origins, unit directions and target colours of pixel ids v H W + j W + i (``tvq.ops.training_rays``)."""
+    from .data.rays import rays_for_views
+
+    _, h, w, _ = images.shape
+    view, pixel = ids // (h * w), ids % (h * w)
+    row, col = pixel // w, pixel % w
+    origins, dirs = rays_for_views(Ks, c2ws, view, torch.stack([col, row], dim=1))
+    return origins, dirs, images[view, row, col]

@@ -16,7 +16,7 @@ import torch
 from . import ops
 from .field import RadianceField
 from .profiling import stage
-from .sampling import raymarch
+from .sampling import MarchCounts, count_samples, fill_samples
 
 
 @dataclass
@@ -25,6 +25,34 @@ class RenderOptions:
     max_samples_per_ray: int = 1024
     jitter: bool = False  # stratified jitter (training)
     early_stop: bool = False  # stop compositing once transmittance < 1e-4 (inference)
+
+
+def march_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor, lod: int,
+               options: RenderOptions = RenderOptions()) -> MarchCounts:
+    """The first half of ``render_rays``: the rays in the octree's cube, their samples at ``lod`` counted (queued
+    on the device; ``render_counted`` renders them)."""
+    with stage("march"):
+        return count_samples(field.octree, field.octree.normalize(origins), dirs, field.grid.levels[lod],
+                             samples_per_cell=options.samples_per_cell,
+                             max_samples_per_ray=options.max_samples_per_ray)
+
+
+def render_counted(field: RadianceField, counts: MarchCounts, lod: int, background: torch.Tensor,
+                   options: RenderOptions = RenderOptions(), generator: torch.Generator | None = None,
+                   seed: int | None = None) -> dict:
+    """The second half of ``render_rays``, for rays counted by ``march_rays`` at the same ``lod``."""
+    with stage("march"):
+        packed = fill_samples(counts, jitter=options.jitter, seed=seed, generator=generator)
+        points = packed.positions(counts.origins, counts.dirs)
+    with stage("features"):
+        features = field.grid(points, lod)
+    with stage("decoder"):
+        sigma, rgb = field.decoder(features, counts.dirs, packed.ray_ids)
+    with stage("composite"):
+        out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
+                            early_stop_eps=1e-4 if options.early_stop else 0.0)
+    return {"color": out.colour, "opacity": out.opacity, "depth": out.depth / field.octree.scale,
+            "samples": packed.num_samples}
 
 
 def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor, lod: int,
@@ -36,23 +64,8 @@ def render_rays(field: RadianceField, origins: torch.Tensor, dirs: torch.Tensor,
     Returns ``color`` (R, 3), ``opacity`` (R,), ``depth`` (R,) in world units along the ray, and the number
     of samples taken.
     """
-    octree = field.octree
-    level = field.grid.levels[lod]
-    with stage("march"):
-        o_n = octree.normalize(origins)
-        packed = raymarch(octree, o_n, dirs, level, samples_per_cell=options.samples_per_cell,
-                          jitter=options.jitter, max_samples_per_ray=options.max_samples_per_ray,
-                          generator=generator, seed=seed)
-        points = packed.positions(o_n, dirs)
-    with stage("features"):
-        features = field.grid(points, lod)
-    with stage("decoder"):
-        sigma, rgb = field.decoder(features, dirs, packed.ray_ids)
-    with stage("composite"):
-        out = ops.composite(sigma, rgb, packed.t, packed.dt, packed.ray_offsets, background,
-                            early_stop_eps=1e-4 if options.early_stop else 0.0)
-    return {"color": out.colour, "opacity": out.opacity, "depth": out.depth / octree.scale,
-            "samples": packed.num_samples}
+    return render_counted(field, march_rays(field, origins, dirs, lod, options), lod, background, options,
+                          generator, seed)
 
 
 @torch.no_grad()
