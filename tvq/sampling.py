@@ -6,7 +6,8 @@ direction, in normalised units), ``dt`` (the length of the interval the sample s
 ``ray_ids``. A ray that misses every occupied cell owns no rows.
 
 ``raymarch`` fills them from an octree level (kernel and math in ``tvq.kernels.raymarch``); its twin is
-``tvq.reference.raymarch_reference``.
+``tvq.reference.raymarch_reference``. It runs in two halves, ``count_samples`` (samples per ray, their total
+copied to the host behind an event) and ``fill_samples``, so a training step can count the next batch ahead.
 """
 
 from __future__ import annotations
