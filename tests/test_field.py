@@ -102,7 +102,8 @@ def test_decoder_head_matches_its_slices(density):
 
     gen = torch.Generator().manual_seed(9)
     y = (torch.randn(300, 4, generator=gen, dtype=torch.float64) * 12).requires_grad_()
-    gs, grgb = torch.randn(300, generator=gen, dtype=torch.float64), torch.randn(300, 3, generator=gen, dtype=torch.float64)
+    gs = torch.randn(300, generator=gen, dtype=torch.float64)
+    grgb = torch.randn(300, 3, generator=gen, dtype=torch.float64)
     sigma, rgb = decoder_head(y, density)
     want_sigma, want_rgb = activate_density(y[:, 0], density), torch.sigmoid(y[:, 1:])
     torch.testing.assert_close(sigma, want_sigma)

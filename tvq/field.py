@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 
-
 import torch
 from torch import nn
 
@@ -105,8 +104,8 @@ class _Head(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_sigma, grad_rgb):
         raw_sigma, rgb = ctx.saved_tensors
-        grad = rgb.new_zeros(rgb.shape[0], 4) if grad_sigma is None or grad_rgb is None else rgb.new_empty(
-            rgb.shape[0], 4)
+        both = grad_sigma is not None and grad_rgb is not None
+        grad = (rgb.new_empty if both else rgb.new_zeros)(rgb.shape[0], 4)  # an unused output's part stays zero
         if grad_sigma is not None:
             slope = torch.exp(raw_sigma.clamp(max=EXP_GRAD_CLAMP)) if ctx.exp_density else (raw_sigma > 0).to(rgb.dtype)
             torch.mul(grad_sigma, slope, out=grad[:, 0])

@@ -70,8 +70,8 @@ class MarchCounts:
     count the next batch's samples before its own forward and backward pass, and find the total there
     when it needs it: the host never waits for the GPU to drain (``fill_samples`` does the rest)."""
 
-    origins: torch.Tensor  # (R, 3), contiguous
-    dirs: torch.Tensor  # (R, 3), contiguous
+    origins: torch.Tensor  # (R, 3) in the octree's normalised cube, contiguous
+    dirs: torch.Tensor  # (R, 3) unit, contiguous
     codes: torch.Tensor  # the occupied cells of the traced level
     level: int
     walk: tuple  # its radix index (``tvq.kernels.walk.walk_index``): starts, shift
@@ -139,8 +139,8 @@ def count_samples(
         total = torch.empty((), dtype=torch.int64, pin_memory=True).copy_(total, non_blocking=True)
         ready = torch.cuda.Event()
         ready.record()
-    return MarchCounts(origins, dirs, codes, level, (starts, shift), float(near), float(far), int(samples_per_cell), bool(skip_empty),
-                       offsets, total, ready)
+    return MarchCounts(origins, dirs, codes, level, (starts, shift), float(near), float(far), int(samples_per_cell),
+                       bool(skip_empty), offsets, total, ready)
 
 
 @torch.no_grad()

@@ -502,7 +502,8 @@ class Trainer:
 
     def _render_options(self) -> RenderOptions:
         c = self.config
-        return RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray, jitter=True)
+        return RenderOptions(samples_per_cell=c.samples_per_cell, max_samples_per_ray=c.max_samples_per_ray,
+                             jitter=True)
 
     def train_step(self) -> dict:
         """One optimiser step (the step numbered ``self.step + 1``); the loss stays on the device.
