@@ -141,11 +141,16 @@ def train_cmd(
     downscale: int = typer.Option(1, "--downscale", min=1, help="Downscale images by this factor."),
     batch_rays: int = typer.Option(1 << 14, "--batch-rays", help="Rays per step."),
     lr_decay: Optional[float] = typer.Option(None, "--lr-decay", help="Final learning rate relative to the start "
-                                             "(exponential decay over the budget; 1 keeps it constant; default: 0.1 "
-                                             "with raw features, 1 with indices)."),
+                                             "(exponential decay over the budget, or with --vq-freeze over the fixed-"
+                                             "index phase; 1 keeps it constant; default: 0.1 with raw features or "
+                                             "fixed indices, 1 with learned indices)."),
     vq_warmup: Optional[float] = typer.Option(None, "--vq-warmup", help="With --bits: fraction of the budget "
                                               "trained with raw features before k-means codebooks take over (0: VQ "
                                               "from the start; default: until the last pruning of a visual hull)."),
+    vq_freeze: Optional[float] = typer.Option(None, "--vq-freeze", help="With --bits: fraction of the budget after "
+                                              "which the indices are fixed and the codebooks and decoder train on "
+                                              "at a rate decaying to --lr-decay (default 0.1); 1: learned to the "
+                                              "end."),
     samples_per_cell: Optional[int] = typer.Option(None, "--samples-per-cell", min=1, help="Samples per intersected "
                                                    "cell (default: 2 for a visual hull, 4 for a depth octree)."),
     lod_ratio: Optional[float] = typer.Option(None, "--lod-ratio", help="Each step trains one LOD, each finer one this "
@@ -180,7 +185,7 @@ def train_cmd(
 
     steps = _parse_steps(prune_at) if prune_at else None
     # recipe options left unset take TrainConfig's defaults, or on --resume the checkpoint's own
-    recipe = dict(zip(RECIPE_OPTIONS, (_value(density), decoder_hidden, adam_beta2, lr_decay)))
+    recipe = dict(zip(RECIPE_OPTIONS, (_value(density), decoder_hidden, adam_beta2, lr_decay, vq_freeze)))
     given = {key: value for key, value in recipe.items() if value is not None}
     config = TrainConfig(bits=bits, hash=hash_, max_level=max_level, num_lods=num_lods, iters=iters, minutes=minutes,
                          batch_rays=batch_rays, vq_warmup=vq_warmup, samples_per_cell=samples_per_cell,

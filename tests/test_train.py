@@ -13,7 +13,7 @@ from tvq.data import load_scene
 from tvq.data.synthetic import make_scene
 from tvq.errors import TvqError
 from tvq.eval import evaluate
-from tvq.train import TrainConfig, Trainer, load_checkpoint
+from tvq.train import TrainConfig, Trainer, field_from_checkpoint, load_checkpoint
 
 TINY = dict(max_level=5, num_lods=2, batch_rays=1024, samples_per_cell=2, eval_every=0, checkpoint_every=0,
             checkpoint_seconds=0)
@@ -57,8 +57,9 @@ from tvq.data import load_scene
 from tvq.train import TrainConfig, Trainer
 scene, out = load_scene(sys.argv[1]), sys.argv[2]
 # Prune at step 10 too, so the resumed run must restore a rebuilt octree and remapped Adam state; the VQ
-# warm start ends at step 24, so the resumed run restores raw features (step 20) and quantises them itself.
-cfg = dict(bits=4, seed=1, vq_warmup=0.6, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
+# warm start ends at step 24, so the resumed run restores raw features (step 20) and quantises them itself;
+# the indices are fixed at step 28, so its second resume restores fixed indices (step 30).
+cfg = dict(bits=4, seed=1, vq_warmup=0.6, vq_freeze=0.7, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
            samples_per_cell=2, eval_every=0, checkpoint_every=10, checkpoint_seconds=0, iters=40)
 def run(name, resume=False, kill_at=None):
     trainer = Trainer(scene, TrainConfig(**cfg), f"{out}/{name}", log=lambda *a: None)
@@ -73,12 +74,14 @@ def run(name, resume=False, kill_at=None):
     return trainer
 run("straight")
 run("resumed", kill_at=25)   # killed between checkpoints: the one of step 20 is left behind
+run("resumed", resume=True, kill_at=35)
 assert run("resumed", resume=True).step == 40
 """
 
 
 def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
-    """Kill a run at step 25, resume it (from its step-20 checkpoint) to 40: bit-identical to 40 straight.
+    """Kill a run at steps 25 and 35, resume it each time (from its checkpoints of steps 20 and 30) to 40:
+    bit-identical to 40 straight.
 
     Bitwise reproducibility needs a fixed order of the floating-point atomics, so this runs with one CPU
     thread (a parallel backend may sum gradients in another order from run to run).
@@ -91,6 +94,7 @@ def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
     step_b, field_b, leaves_b = _state(tmp_path / "resumed" / "checkpoint.pt")
     assert step_a == step_b == 40
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["grid_kind"] == "vq"
+    assert "grid.indices" in field_b and "grid.logits" not in field_b  # fixed after step 28
     assert torch.equal(leaves_a, leaves_b)
     for name in field_a:
         assert torch.equal(field_a[name], field_b[name]), name
@@ -128,6 +132,10 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
     for bits, hash_, warmup in ((0, False, 0.3), (4, True, 0.3), (4, False, 1.0)):
         with pytest.raises(TvqError, match="--vq-warmup"):
             TrainConfig(bits=bits, hash=hash_, vq_warmup=warmup).validate()
+    for bits, hash_, freeze, warmup in ((0, False, 0.5, None), (4, True, 0.5, None), (4, False, 1.5, None),
+                                        (4, False, -0.1, None), (4, False, 0.2, 0.4)):
+        with pytest.raises(TvqError, match="--vq-freeze"):
+            TrainConfig(bits=bits, hash=hash_, vq_freeze=freeze, vq_warmup=warmup).validate()
     with pytest.raises(TvqError, match="--density"):
         TrainConfig(density="softplus").validate()
     with pytest.raises(TvqError, match="--adam-beta2"):
@@ -248,6 +256,43 @@ def test_vq_warm_start_trains_raw_then_quantises(tiny_scene, tmp_path):
     # the decoder's Adam state survived the switch (its step count runs on from the warm start)
     decoder_param = next(trainer.field.decoder.parameters())
     assert int(trainer.optimizer.state[decoder_param]["step"]) == 20
+
+
+def test_fixed_indices_keep_the_argmax_and_train_the_codebooks_at_a_decaying_rate(tiny_scene, tmp_path):
+    runtime.init()
+    logs, seen = [], {}
+    config = TrainConfig(bits=3, iters=20, vq_warmup=0.2, vq_freeze=0.5, seed=0, **TINY)
+    trainer = Trainer(tiny_scene, config, tmp_path, log=logs.append)
+    trainer.setup()
+
+    def watch(t, stats):
+        grid = t.field.grid
+        if grid.kind == "vq":
+            seen[t.step] = (grid.learned, grid.hard_indices().clone(), grid.codebooks.detach().clone(),
+                            t.optimizer.param_groups[0]["lr"])
+
+    trainer.fit(progress=watch)
+    assert [step for step in sorted(seen) if seen[step][0]] == list(range(4, 10))  # learned from 4, fixed at 10
+    assert any("indices fixed" in line for line in logs)
+    assert not torch.equal(seen[4][1], seen[9][1])  # the learned indices moved
+    for step in range(11, 21):  # fixed at the argmax they had after step 10; the codebooks train on
+        assert torch.equal(seen[step][1], seen[10][1])
+        assert not torch.equal(seen[step][2], seen[step - 1][2])
+    grid = trainer.field.grid
+    assert not grid.learned and not hasattr(grid, "logits")
+    # the rate is the start's until the indices are fixed, then decays to lr_decay's default 0.1 at the end
+    start = config.lr * config.grid_lr_scale
+    assert seen[9][3] == pytest.approx(start)
+    assert seen[20][3] == pytest.approx(start * 0.1 ** (9 / 10))  # set before the 20th step, at 19/20
+    # the codebooks' Adam moments ran on from the learned phase (its step count did not restart)
+    assert int(trainer.optimizer.state[grid.codebooks]["step"]) == 16
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert "grid.indices" in ckpt["field"] and "grid.logits" not in ckpt["field"]
+    reloaded = field_from_checkpoint(ckpt, torch.device("cpu"))
+    assert torch.equal(reloaded.grid.hard_indices(), seen[20][1])
+    bad = {**ckpt, "field": {**ckpt["field"], "grid.indices": ckpt["field"]["grid.indices"] + (1 << config.bits)}}
+    with pytest.raises(TvqError, match="grid.indices"):
+        field_from_checkpoint(bad, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("gap", [0.5, 4.0])

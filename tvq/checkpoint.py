@@ -132,7 +132,7 @@ _NESTED = {
 # (filled in on load, whatever today's default is).
 ADDED_LATER = {"decoder_hidden": 128, "lazy_rows": False, "density": "relu", "adam_beta2": 0.999,
                "random_background": False, "lr_decay": 1.0, "subdivide_at": None, "lod_ratio": 2.0,
-               "vq_logit_gap": 2.0}
+               "vq_logit_gap": 2.0, "vq_freeze": 1.0}
 
 
 def _config_checks() -> dict:

@@ -12,6 +12,13 @@ pruning of a visual hull, whose unpruned vertices would otherwise each carry 2^b
 and two Adam moments (the memory peak of a 6-bit run), and from the start on a depth octree, which is never
 pruned.
 
+Fixed indices (``vq_freeze``): after that fraction of the budget, and not before the octree's last
+pruning or subdivision, each vertex's index is fixed at the argmax of its logits; the logits and their Adam
+moments are dropped, and the codebooks and decoder train on at a learning rate decaying exponentially to
+``lr_decay`` (default 0.1) times the start over the rest of the budget. The learned indices need the full
+rate until they stop (a decay over the whole run costs 6-bit lego 0.25-0.55 dB); with fixed indices the
+field is a plain codebook field, which a decaying rate settles like raw features.
+
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
 ``prune_at`` steps the trainer renders the training rays, keeps the finest cells whose rendering weight
@@ -56,7 +63,7 @@ from .sampling import MarchCounts
 
 LOSS_CHECK_EVERY = 16  # steps between reads of the losses (each read waits for the GPU)
 # options of the training recipe that a resumed run keeps from its checkpoint unless the command sets them
-RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay")
+RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay", "vq_freeze")
 # Options whose default depends on where the octree comes from (a TrainConfig field left None takes it), as
 # measured (README, "A pruned shell": lego for masks; amsterdam and livingroom for depth): a carved visual hull
 # is built and pruned one level coarser, split into 8 inside what survived, pruned once more, sampled twice per
@@ -66,6 +73,8 @@ SOURCE_DEFAULTS = {
     "masks": {"samples_per_cell": 2, "lod_ratio": 4.0, "subdivide_at": 2000},
     "depth": {"samples_per_cell": 4, "lod_ratio": 2.0, "subdivide_at": 0},
 }
+# the budget fraction after which a VQ run's indices are fixed by default (None: learned to the end)
+VQ_FREEZE = None
 # a visual hull subdivides by default only when the step cap leaves the new level time to train
 MIN_STEPS_PER_SUBDIVISION_STEP = 3
 
@@ -90,6 +99,9 @@ class TrainConfig:
     # learning rate at the end of the budget, relative to the start (1: constant, the paper); None: 0.1 for raw
     # features, 1 with indices (the decay costs VQ-AD 0.4 dB: its logits keep moving until the end)
     lr_decay: float | None = None
+    # VQ: budget fraction after which the indices are fixed (the codebooks and decoder train on, the rate
+    # decaying to lr_decay, default 0.1); 1: learned to the end; None: VQ_FREEZE
+    vq_freeze: float | None = None
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
     vq_logit_gap: float = LOGIT_GAP  # VQ warm start: median gap of the logits' top two codes (tvq.field)
     samples_per_cell: int | None = None  # None: the octree source's default (SOURCE_DEFAULTS); the paper: 4
@@ -135,6 +147,12 @@ class TrainConfig:
             raise TvqError(f"--vq-warmup must be in [0, 1), got {self.vq_warmup}")
         if self.vq_warmup and self.kind != "vq":
             raise TvqError("--vq-warmup needs --bits > 0 with learned indices (not --hash)")
+        if self.vq_freeze is not None and not 0 <= self.vq_freeze <= 1:
+            raise TvqError(f"--vq-freeze must be in [0, 1] (1: never), got {self.vq_freeze}")
+        if self.vq_freeze is not None and self.vq_freeze < 1 and self.kind != "vq":
+            raise TvqError("--vq-freeze needs --bits > 0 with learned indices (not --hash)")
+        if self.freeze_at is not None and self.vq_warmup and self.freeze_at < self.vq_warmup:
+            raise TvqError(f"--vq-freeze ({self.vq_freeze}) comes before the end of --vq-warmup ({self.vq_warmup})")
         if not self.vq_logit_gap > 0:
             raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.batch_rays < 1:
@@ -156,8 +174,29 @@ class TrainConfig:
 
     @property
     def final_lr_factor(self) -> float:
-        """``lr_decay``, or its default for this kind of model."""
-        return self.lr_decay if self.lr_decay is not None else (0.1 if self.bits == 0 else 1.0)
+        """``lr_decay``, or its default for this kind of model (decaying over the fixed-index phase with
+        ``vq_freeze``)."""
+        if self.lr_decay is not None:
+            return self.lr_decay
+        return 0.1 if self.bits == 0 or self.freezes else 1.0
+
+    @property
+    def freeze_at(self) -> float | None:
+        """The budget fraction after which a VQ run's indices are fixed, or None: never."""
+        at = VQ_FREEZE if self.vq_freeze is None else self.vq_freeze
+        return at if self.kind == "vq" and at is not None and at < 1 else None
+
+    @property
+    def freezes(self) -> bool:
+        """A VQ run whose indices are fixed for the end of its budget."""
+        return self.freeze_at is not None
+
+    def lr_factor(self, progress: float) -> float:
+        """The learning rate relative to the start at ``progress`` (0..1) of the budget: exponential decay to
+        ``final_lr_factor`` over the whole budget, or with ``vq_freeze`` over the fixed-index phase only."""
+        if self.freezes:
+            progress = max(progress - self.freeze_at, 0.0) / (1.0 - self.freeze_at)
+        return self.final_lr_factor ** progress
 
     @property
     def kind(self) -> str:
@@ -294,13 +333,15 @@ def vertex_report(octree: SparseOctree, levels) -> str:
 # ---- checkpoints -----------------------------------------------------------------------------------
 
 
-def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = None) -> RadianceField:
+def make_field(octree: SparseOctree, config: TrainConfig, kind: str | None = None,
+               learned: bool = True) -> RadianceField:
     """A fresh field for ``config`` on ``octree``; ``kind`` overrides the grid kind (raw features during a VQ warm
-    start). The first feature level is fixed by the config; an octree not yet subdivided has one LOD fewer."""
+    start), ``learned`` False holds VQ indices fixed (``vq_freeze``). The first feature level is fixed by the
+    config; an octree not yet subdivided has one LOD fewer."""
     kind = kind or config.kind
     num_lods = config.num_lods - (config.max_level - octree.max_level)
     grid = FeatureOctree(octree, num_lods=num_lods, feature_dim=config.feature_dim, kind=kind,
-                         bits=0 if kind == "raw" else config.bits, seed=config.seed)
+                         bits=0 if kind == "raw" else config.bits, seed=config.seed, learned=learned)
     torch.manual_seed(config.seed)
     decoder = Decoder(config.feature_dim, hidden=config.decoder_hidden, density=config.density)
     return RadianceField(grid, decoder).to(octree.device)
@@ -333,7 +374,9 @@ def field_from_checkpoint(ckpt: dict, device, source="checkpoint") -> RadianceFi
         raise TvqError(f"{source}: checkpoint field 'octree.max_level' is {ckpt['octree']['max_level']}, its config "
                        f"trains level {config.max_level}")
     octree = octree_from_state(ckpt["octree"], device)
-    field_ = make_field(octree, config, kind=ckpt["grid_kind"])
+    # a VQ checkpoint holds index logits, or after ``vq_freeze`` the fixed indices
+    learned = not (ckpt["grid_kind"] == "vq" and "grid.indices" in ckpt["field"])
+    field_ = make_field(octree, config, kind=ckpt["grid_kind"], learned=learned)
     expected = field_.state_dict()
     for name, tensor in ckpt["field"].items():
         if name not in expected:
@@ -345,6 +388,14 @@ def field_from_checkpoint(ckpt: dict, device, source="checkpoint") -> RadianceFi
     missing = sorted(set(expected) - set(ckpt["field"]))
     if missing:
         raise TvqError(f"{source}: checkpoint field 'field.{missing[0]}' is missing")
+    if not learned:
+        # each vertex's fixed index must name a code of its own level's codebook
+        indices, levels = ckpt["field"]["grid.indices"], expected["grid.indices"]  # (the fresh grid's level offsets)
+        codes = 1 << config.bits
+        code = indices.to(levels.device).long() - levels.long()
+        if indices.dtype != torch.int32 or not bool(((code >= 0) & (code < codes)).all()):
+            raise TvqError(f"{source}: checkpoint field 'field.grid.indices' should be int32 codes of each vertex's "
+                           f"level (0..{codes - 1} after the level's offset)")
     field_.load_state_dict(ckpt["field"])
     return field_
 
@@ -482,9 +533,9 @@ class Trainer:
         return min(done, 1.0)
 
     def _set_learning_rate(self) -> None:
-        """Exponential decay from the recipe's rates to ``lr_decay`` times them at the end of the budget."""
+        """The recipe's rates times ``TrainConfig.lr_factor`` of the budget's progress."""
         c = self.config
-        factor = c.final_lr_factor ** self.progress_fraction()
+        factor = c.lr_factor(self.progress_fraction())
         self.optimizer.param_groups[0]["lr"] = c.lr * c.grid_lr_scale * factor
         self.optimizer.param_groups[1]["lr"] = c.lr * factor
 
@@ -602,7 +653,8 @@ class Trainer:
         level's codebook moves with its level."""
         old_field, old_opt = self.field, self.optimizer
         old_grid = old_field.grid
-        new_field = make_field(new_octree, self.config, kind=old_grid.kind)
+        new_field = make_field(new_octree, self.config, kind=old_grid.kind, learned=old_grid.learned
+                               or old_grid.kind != "vq")
         new_field.decoder.load_state_dict(old_field.decoder.state_dict())
         new_grid = new_field.grid
         rows = vertex_rows(old_grid, new_octree, new_grid.levels)  # each new vertex's row in the old table, or -1
@@ -621,6 +673,8 @@ class Trainer:
         old_by_id = {id(p): name for name, p in old_grid.named_parameters()}
         for name, new_param in new_grid.named_parameters():
             new_param.data = moved(getattr(old_grid, name).data, new_param.data, name in row_params)
+        if old_grid.kind == "vq" and not old_grid.learned:  # fixed VQ indices move with their vertices
+            new_grid.indices = moved(old_grid.indices, new_grid.indices, True)
         self.field = new_field
         del old_field, new_field
         # (hash indices need no move: they are a function of the vertex codes, the fresh grid has them)
@@ -667,6 +721,34 @@ class Trainer:
             if p in old_opt.state:
                 self.optimizer.state[p] = old_opt.state[p]
         self.log(f"step {self.step}: raw features quantised to {1 << self.config.bits} codes per level (k-means)")
+
+    # -- fixed indices --
+
+    def freeze_due(self) -> bool:
+        """A VQ run with learned indices past ``vq_freeze`` and past the octree's last change."""
+        c = self.config
+        if not (c.freezes and self.field.grid.learned):
+            return False
+        last_change = max((*(c.prune_at or ()), c.subdivide_at or 0))
+        return self.step >= last_change and self.progress_fraction() >= c.freeze_at
+
+    @torch.no_grad()
+    def freeze_indices(self) -> None:
+        """Fix every vertex's index at the argmax of its logits and drop the logits with their Adam moments;
+        the codebooks and the decoder, and their Adam state, carry on."""
+        old, old_opt = self.field.grid, self.optimizer
+        grid = FeatureOctree(old.octree, num_lods=old.num_lods, feature_dim=old.feature_dim, kind="vq",
+                             bits=old.bits, seed=old.seed, learned=False)
+        grid.indices += old.hard_indices()  # the fresh buffer holds each level's codebook offset
+        grid.codebooks = old.codebooks  # the same parameter: its Adam state carries over below
+        self.field = RadianceField(grid, self.field.decoder)
+        self.optimizer = self._make_optimizer()
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p in old_opt.state:
+                    self.optimizer.state[p] = old_opt.state[p]
+        del old, old_opt
+        self.log(f"step {self.step}: indices fixed; codebooks and decoder train on")
 
     # -- the loop --
 
@@ -722,11 +804,12 @@ class Trainer:
             pruning = self.step in (c.prune_at or ())
             subdividing = self.step == c.subdivide_at
             quantizing = self.warming_up and self.warmup_over()
+            freezing = self.freeze_due()
             checking = evaluate is not None and c.eval_every and self.step % c.eval_every == 0
             saving = (c.checkpoint_every and self.step % c.checkpoint_every == 0
                       and self.elapsed - self._last_save_elapsed >= c.checkpoint_seconds)
             done = self.step >= c.iters or (budget_s is not None and self.elapsed >= budget_s)
-            if pruning or subdividing or quantizing or checking or saving or done or self._interrupted:
+            if pruning or subdividing or quantizing or freezing or checking or saving or done or self._interrupted:
                 self._timed(self._read_losses)  # nothing is built on a diverged state
             if pruning:
                 self._timed(self.prune)
@@ -734,6 +817,8 @@ class Trainer:
                 self._timed(self.subdivide)
             if quantizing:
                 self._timed(self.quantize)
+            if freezing:
+                self._timed(self.freeze_indices)
             if checking:
                 self.history.append({"step": self.step, "elapsed": self.elapsed, "grid": self.field.grid.kind,
                                      **evaluate(self)})
