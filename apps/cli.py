@@ -150,7 +150,7 @@ def train_cmd(
     vq_freeze: Optional[float] = typer.Option(None, "--vq-freeze", help="With --bits: fraction of the budget after "
                                               "which the indices are fixed and the codebooks and decoder train on "
                                               "at a rate decaying to --lr-decay (default 0.1); 1: learned to the "
-                                              "end."),
+                                              "end (default: 0.6 for a visual hull, 1 for a depth octree)."),
     samples_per_cell: Optional[int] = typer.Option(None, "--samples-per-cell", min=1, help="Samples per intersected "
                                                    "cell (default: 2 for a visual hull, 4 for a depth octree)."),
     lod_ratio: Optional[float] = typer.Option(None, "--lod-ratio", help="Each step trains one LOD, each finer one this "

@@ -21,15 +21,20 @@ BUDGET_KEYS = {"iters", "minutes", "eval_every", "bits"}  # how long a run went 
 # the paper's recipe, where today's defaults differ from it: the baseline every study row is described against
 # (vq_logit_gap: tvq's k-means warm start as it began)
 PAPER_RECIPE = {"density": "relu", "decoder_hidden": 128, "adam_beta2": 0.999, "lr_decay": 1.0, "samples_per_cell": 4,
-                "lod_ratio": 2.0, "vq_logit_gap": 2.0}
+                "lod_ratio": 2.0, "vq_logit_gap": 2.0, "vq_freeze": 1.0}
 
 
 def changed(config: dict) -> str:
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PAPER_RECIPE}
     diff = []
     for key, value in config.items():
-        if key == "lr_decay" and value is None:  # today's default, which depends on the bitwidth
-            value = TrainConfig(bits=config.get("bits", 0)).final_lr_factor
+        # today's defaults, which depend on the bitwidth (a row from before vq_freeze learned its indices to the end)
+        resolved = TrainConfig(bits=config.get("bits", 0), hash=config.get("hash", False),
+                               vq_warmup=config.get("vq_warmup"), vq_freeze=config.get("vq_freeze", 1.0))
+        if key == "lr_decay" and value is None:
+            value = resolved.final_lr_factor
+        if key == "vq_freeze" and value is None:
+            value = resolved.freeze_at or 1.0
         default = defaults.get(key)
         if isinstance(default, tuple):
             default = list(default)

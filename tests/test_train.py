@@ -380,6 +380,13 @@ def test_subdivision_adds_the_finest_level_and_keeps_the_coarser_ones(tiny_scene
     # a depth octree: the paper's sampling, never pruned or subdivided
     ("depth", {}, 20000, dict(samples_per_cell=4, lod_ratio=2.0, subdivide_at=0, prune_at=())),
     ("depth", {"subdivide_at": 10}, 20000, dict(subdivide_at=10, prune_at=())),
+    # fixed indices: after 0.6 for VQ on a visual hull, unless raw features train past it; never elsewhere
+    ("masks", {"bits": 6}, 20000, dict(vq_freeze=0.6)),
+    ("masks", {"bits": 6, "vq_warmup": 0.7}, 20000, dict(vq_freeze=1.0)),
+    ("masks", {"bits": 6, "vq_warmup": 0.7, "vq_freeze": 0.8}, 20000, dict(vq_freeze=0.8)),
+    ("masks", {}, 20000, dict(vq_freeze=1.0)),
+    ("masks", {"bits": 12, "hash": True}, 20000, dict(vq_freeze=1.0)),
+    ("depth", {"bits": 6}, 20000, dict(vq_freeze=1.0)),
 ])
 def test_options_left_unset_take_their_octree_sources_defaults(source, given, iters, want):
     config = TrainConfig(iters=iters, **given)
@@ -388,7 +395,8 @@ def test_options_left_unset_take_their_octree_sources_defaults(source, given, it
     config.fill_source_defaults(source)
     config.validate()
     assert {key: getattr(config, key) for key in want} == want
-    assert config.build_level == config.max_level - (1 if want["subdivide_at"] else 0)
+    if "subdivide_at" in want:
+        assert config.build_level == config.max_level - (1 if want["subdivide_at"] else 0)
 
 
 def test_a_visual_hull_run_starts_one_level_coarser_by_default(tiny_scene, tmp_path):

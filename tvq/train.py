@@ -17,7 +17,8 @@ pruning or subdivision, each vertex's index is fixed at the argmax of its logits
 moments are dropped, and the codebooks and decoder train on at a learning rate decaying exponentially to
 ``lr_decay`` (default 0.1) times the start over the rest of the budget. The learned indices need the full
 rate until they stop (a decay over the whole run costs 6-bit lego 0.25-0.55 dB); with fixed indices the
-field is a plain codebook field, which a decaying rate settles like raw features.
+field is a plain codebook field, which a decaying rate settles like raw features. By default a visual hull's
+indices are fixed after 0.6 of the budget and a depth octree's learn to the end (``SOURCE_DEFAULTS``).
 
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
@@ -68,13 +69,13 @@ RECIPE_OPTIONS = ("density", "decoder_hidden", "adam_beta2", "lr_decay", "vq_fre
 # measured (README, "A pruned shell": lego for masks; amsterdam and livingroom for depth): a carved visual hull
 # is built and pruned one level coarser, split into 8 inside what survived, pruned once more, sampled twice per
 # cell, and trains its finest LOD most; a depth octree already hugs the surface and keeps the paper's sampling.
-# subdivide_at 0: never.
+# subdivide_at 0: never. A VQ run on a visual hull fixes its indices after 0.6 of the budget (README, "Fixed
+# indices": lego 6-bit 33.35 dB in 5 minutes against 32.85 dB learned to the end, 33.15 dB fixed after 0.4); on
+# a depth octree, VQ from the first step, they learn to the end (the demo scene loses 0.2 dB fixed after 0.6).
 SOURCE_DEFAULTS = {
-    "masks": {"samples_per_cell": 2, "lod_ratio": 4.0, "subdivide_at": 2000},
-    "depth": {"samples_per_cell": 4, "lod_ratio": 2.0, "subdivide_at": 0},
+    "masks": {"samples_per_cell": 2, "lod_ratio": 4.0, "subdivide_at": 2000, "vq_freeze": 0.6},
+    "depth": {"samples_per_cell": 4, "lod_ratio": 2.0, "subdivide_at": 0, "vq_freeze": 1.0},
 }
-# the budget fraction after which a VQ run's indices are fixed by default (None: learned to the end)
-VQ_FREEZE = None
 # a visual hull subdivides by default only when the step cap leaves the new level time to train
 MIN_STEPS_PER_SUBDIVISION_STEP = 3
 
@@ -97,10 +98,11 @@ class TrainConfig:
     grid_lr_scale: float = 100.0
     adam_beta2: float = 0.99  # Adam's second-moment decay (instant-ngp's; the paper: 0.999)
     # learning rate at the end of the budget, relative to the start (1: constant, the paper); None: 0.1 for raw
-    # features, 1 with indices (the decay costs VQ-AD 0.4 dB: its logits keep moving until the end)
+    # features and fixed indices, 1 with indices learned to the end (their logits keep moving: a decay costs 0.4 dB)
     lr_decay: float | None = None
     # VQ: budget fraction after which the indices are fixed (the codebooks and decoder train on, the rate
-    # decaying to lr_decay, default 0.1); 1: learned to the end; None: VQ_FREEZE
+    # decaying to lr_decay, default 0.1); 1: learned to the end; None: the octree source's default, or 1 where
+    # raw features train past it
     vq_freeze: float | None = None
     vq_warmup: float | None = None  # VQ: budget fraction on raw features first; None: until the last pruning
     vq_logit_gap: float = LOGIT_GAP  # VQ warm start: median gap of the logits' top two codes (tvq.field)
@@ -151,7 +153,7 @@ class TrainConfig:
             raise TvqError(f"--vq-freeze must be in [0, 1] (1: never), got {self.vq_freeze}")
         if self.vq_freeze is not None and self.vq_freeze < 1 and self.kind != "vq":
             raise TvqError("--vq-freeze needs --bits > 0 with learned indices (not --hash)")
-        if self.freeze_at is not None and self.vq_warmup and self.freeze_at < self.vq_warmup:
+        if self.vq_freeze is not None and self.vq_warmup and self.vq_freeze < self.vq_warmup:
             raise TvqError(f"--vq-freeze ({self.vq_freeze}) comes before the end of --vq-warmup ({self.vq_warmup})")
         if not self.vq_logit_gap > 0:
             raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
@@ -183,7 +185,7 @@ class TrainConfig:
     @property
     def freeze_at(self) -> float | None:
         """The budget fraction after which a VQ run's indices are fixed, or None: never."""
-        at = VQ_FREEZE if self.vq_freeze is None else self.vq_freeze
+        at = self.vq_freeze  # (None until the octree source's default is filled in: learned to the end)
         return at if self.kind == "vq" and at is not None and at < 1 else None
 
     @property
@@ -210,9 +212,12 @@ class TrainConfig:
     def fill_source_defaults(self, source: str) -> None:
         """Give the options left None the defaults of an octree from ``source`` (depth or masks)."""
         default_subdivision = self.subdivide_at is None
+        default_freeze = self.vq_freeze is None
         for key, value in SOURCE_DEFAULTS[source].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if default_freeze and (self.kind != "vq" or (self.vq_warmup or 0) >= self.vq_freeze):
+            self.vq_freeze = 1.0  # raw features, a hash, or raw features trained past it: learned to the end
         if default_subdivision and self.subdivide_at * MIN_STEPS_PER_SUBDIVISION_STEP > self.iters:
             self.subdivide_at = 0
         if self.prune_at is None:
