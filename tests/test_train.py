@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -133,7 +134,7 @@ def test_config_errors_are_one_line(tiny_scene, tmp_path):
         with pytest.raises(TvqError, match="--vq-warmup"):
             TrainConfig(bits=bits, hash=hash_, vq_warmup=warmup).validate()
     for bits, hash_, freeze, warmup in ((0, False, 0.5, None), (4, True, 0.5, None), (4, False, 1.5, None),
-                                        (4, False, -0.1, None), (4, False, 0.2, 0.4)):
+                                        (4, False, -0.1, None), (4, False, 0.2, 0.4), (4, False, 0.4, 0.4)):
         with pytest.raises(TvqError, match="--vq-freeze"):
             TrainConfig(bits=bits, hash=hash_, vq_freeze=freeze, vq_warmup=warmup).validate()
     with pytest.raises(TvqError, match="--density"):
@@ -293,6 +294,33 @@ def test_fixed_indices_keep_the_argmax_and_train_the_codebooks_at_a_decaying_rat
     bad = {**ckpt, "field": {**ckpt["field"], "grid.indices": ckpt["field"]["grid.indices"] + (1 << config.bits)}}
     with pytest.raises(TvqError, match="grid.indices"):
         field_from_checkpoint(bad, torch.device("cpu"))
+    # fixed indices stay fixed on resume: the run goes on at its decaying rate, a command that would learn them
+    # again (or fix them elsewhere, or subdivide their octree) is refused
+    for changed, match in (({"vq_freeze": 1.0}, "--vq-freeze"), ({"vq_freeze": 0.8}, "--vq-freeze"),
+                           ({"subdivide_at": 25}, "subdivide")):
+        with pytest.raises(TvqError, match=match):
+            Trainer(tiny_scene, replace(config, iters=30, **changed), tmp_path).setup(resume=True)
+    resumed = Trainer(tiny_scene, replace(config, iters=30), tmp_path, log=logs.append)
+    resumed.setup(resume=True)
+    resumed.fit()
+    assert resumed.step == 30 and torch.equal(resumed.field.grid.hard_indices(), seen[20][1])
+
+
+def test_indices_quantised_after_the_freeze_point_learn_to_the_end(tiny_scene, tmp_path):
+    """A short budget on a visual hull: k-means after the last pruning, which comes after ``vq_freeze``."""
+    runtime.init()
+    logs, rates = [], {}
+    config = TrainConfig(bits=3, iters=20, seed=0, octree_from="masks", prune_at=(15,), prune_threshold=1e-4,
+                         subdivide_at=0, vq_freeze=0.6, **TINY)
+    trainer = Trainer(tiny_scene, config, tmp_path, log=logs.append)
+    trainer.setup()
+    trainer.fit(progress=lambda t, stats: rates.setdefault(t.step, t.optimizer.param_groups[0]["lr"]))
+    assert any("indices learn to the end" in line for line in logs)
+    assert not any("indices fixed" in line for line in logs)
+    assert trainer.field.grid.learned and trainer.config.vq_freeze == 1.0
+    # the full rate throughout: no decay before the indices are fixed, and none once they learn to the end
+    assert len(rates) == 20 and list(rates.values()) == pytest.approx([config.lr * config.grid_lr_scale] * 20)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["vq_freeze"] == 1.0  # a resume keeps learning
 
 
 @pytest.mark.parametrize("gap", [0.5, 4.0])

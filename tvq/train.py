@@ -15,7 +15,8 @@ pruned.
 Fixed indices (``vq_freeze``): after that fraction of the budget, and not before the octree's last
 pruning or subdivision, each vertex's index is fixed at the argmax of its logits; the logits and their Adam
 moments are dropped, and the codebooks and decoder train on at a learning rate decaying exponentially to
-``lr_decay`` (default 0.1) times the start over the rest of the budget. The learned indices need the full
+``lr_decay`` (default 0.1) times the start over the rest of the budget (the full rate until then). Indices
+quantised from raw features only after that fraction (a short budget) learn to the end instead. The learned indices need the full
 rate until they stop (a decay over the whole run costs 6-bit lego 0.25-0.55 dB); with fixed indices the
 field is a plain codebook field, which a decaying rate settles like raw features. By default a visual hull's
 indices are fixed after 0.6 of the budget and a depth octree's learn to the end (``SOURCE_DEFAULTS``).
@@ -153,8 +154,8 @@ class TrainConfig:
             raise TvqError(f"--vq-freeze must be in [0, 1] (1: never), got {self.vq_freeze}")
         if self.vq_freeze is not None and self.vq_freeze < 1 and self.kind != "vq":
             raise TvqError("--vq-freeze needs --bits > 0 with learned indices (not --hash)")
-        if self.vq_freeze is not None and self.vq_warmup and self.vq_freeze < self.vq_warmup:
-            raise TvqError(f"--vq-freeze ({self.vq_freeze}) comes before the end of --vq-warmup ({self.vq_warmup})")
+        if self.vq_freeze is not None and self.vq_warmup and self.vq_freeze <= self.vq_warmup:
+            raise TvqError(f"--vq-freeze ({self.vq_freeze}) must come after the end of --vq-warmup ({self.vq_warmup})")
         if not self.vq_logit_gap > 0:
             raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.batch_rays < 1:
@@ -193,10 +194,13 @@ class TrainConfig:
         """A VQ run whose indices are fixed for the end of its budget."""
         return self.freeze_at is not None
 
-    def lr_factor(self, progress: float) -> float:
+    def lr_factor(self, progress: float, indices_fixed: bool = False) -> float:
         """The learning rate relative to the start at ``progress`` (0..1) of the budget: exponential decay to
-        ``final_lr_factor`` over the whole budget, or with ``vq_freeze`` over the fixed-index phase only."""
+        ``final_lr_factor`` over the whole budget, or with ``vq_freeze`` the full rate until the indices are
+        fixed, then the decay from ``vq_freeze`` to the end (a freeze held back by a pruning joins it late)."""
         if self.freezes:
+            if not indices_fixed:
+                return 1.0
             progress = max(progress - self.freeze_at, 0.0) / (1.0 - self.freeze_at)
         return self.final_lr_factor ** progress
 
@@ -503,6 +507,15 @@ class Trainer:
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
         self.pruning = ckpt.get("pruning", [])
+        grid = self.field.grid
+        if grid.kind == "vq" and not grid.learned:  # fixed indices stay fixed, on the octree they were fixed on
+            if self.config.vq_freeze != saved.vq_freeze:
+                raise TvqError(f"{self.checkpoint_path}: its indices were fixed after --vq-freeze {saved.vq_freeze}; "
+                               f"resume it without --vq-freeze")
+            if self.config.subdivide_at and self.config.subdivide_at > self.step:
+                raise TvqError(f"{self.checkpoint_path}: its indices are fixed, so its octree cannot subdivide at "
+                               f"step {self.config.subdivide_at}")
+        self.config.validate()  # the command's options with the checkpoint's
 
     def save_checkpoint(self) -> None:
         checkpoint.save(
@@ -540,7 +553,8 @@ class Trainer:
     def _set_learning_rate(self) -> None:
         """The recipe's rates times ``TrainConfig.lr_factor`` of the budget's progress."""
         c = self.config
-        factor = c.lr_factor(self.progress_fraction())
+        grid = self.field.grid
+        factor = c.lr_factor(self.progress_fraction(), indices_fixed=grid.kind == "vq" and not grid.learned)
         self.optimizer.param_groups[0]["lr"] = c.lr * c.grid_lr_scale * factor
         self.optimizer.param_groups[1]["lr"] = c.lr * factor
 
@@ -726,6 +740,11 @@ class Trainer:
             if p in old_opt.state:
                 self.optimizer.state[p] = old_opt.state[p]
         self.log(f"step {self.step}: raw features quantised to {1 << self.config.bits} codes per level (k-means)")
+        c = self.config
+        if c.freezes and self.progress_fraction() > c.freeze_at:
+            # the indices begin to learn after the point where they were to be fixed: they learn to the end
+            self.log(f"step {self.step}: indices learn to the end (quantised after --vq-freeze {c.freeze_at})")
+            c.vq_freeze = 1.0
 
     # -- fixed indices --
 
