@@ -26,11 +26,11 @@ PAPER_RECIPE = {"density": "relu", "decoder_hidden": 128, "adam_beta2": 0.999, "
 
 def changed(config: dict) -> str:
     defaults = {**{f.name: f.default for f in fields(TrainConfig)}, **PAPER_RECIPE}
+    # today's defaults, which depend on the bitwidth (a row from before vq_freeze learned its indices to the end)
+    resolved = TrainConfig(bits=config.get("bits", 0), hash=config.get("hash", False),
+                           vq_warmup=config.get("vq_warmup"), vq_freeze=config.get("vq_freeze", 1.0))
     diff = []
     for key, value in config.items():
-        # today's defaults, which depend on the bitwidth (a row from before vq_freeze learned its indices to the end)
-        resolved = TrainConfig(bits=config.get("bits", 0), hash=config.get("hash", False),
-                               vq_warmup=config.get("vq_warmup"), vq_freeze=config.get("vq_freeze", 1.0))
         if key == "lr_decay" and value is None:
             value = resolved.final_lr_factor
         if key == "vq_freeze" and value is None:

@@ -60,8 +60,8 @@ scene, out = load_scene(sys.argv[1]), sys.argv[2]
 # Prune at step 10 too, so the resumed run must restore a rebuilt octree and remapped Adam state; the VQ
 # warm start ends at step 24, so the resumed run restores raw features (step 20) and quantises them itself;
 # the indices are fixed at step 28, so its second resume restores fixed indices (step 30).
-cfg = dict(bits=4, seed=1, vq_warmup=0.6, vq_freeze=0.7, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2, batch_rays=1024,
-           samples_per_cell=2, eval_every=0, checkpoint_every=10, checkpoint_seconds=0, iters=40)
+cfg = dict(bits=4, seed=1, vq_warmup=0.6, vq_freeze=0.7, prune_at=(10,), prune_threshold=1e-4, max_level=5, num_lods=2,
+           batch_rays=1024, samples_per_cell=2, eval_every=0, checkpoint_every=10, checkpoint_seconds=0, iters=40)
 def run(name, resume=False, kill_at=None):
     trainer = Trainer(scene, TrainConfig(**cfg), f"{out}/{name}", log=lambda *a: None)
     trainer.setup(resume=resume)

@@ -224,6 +224,11 @@ class FeatureOctree(nn.Module):
         """VQ with trainable index logits (not hash, not a decoded model's hard codes)."""
         return self.kind == "vq" and hasattr(self, "logits")
 
+    @property
+    def indices_fixed(self) -> bool:
+        """VQ with hard codes only (a decoded model, or a run past ``vq_freeze``)."""
+        return self.kind == "vq" and not self.learned
+
     def hard_indices(self) -> torch.Tensor:
         """The b-bit code of every vertex (per level, 0..2^b-1), as stored."""
         if self.kind == "raw":

@@ -16,10 +16,11 @@ Fixed indices (``vq_freeze``): after that fraction of the budget, and not before
 pruning or subdivision, each vertex's index is fixed at the argmax of its logits; the logits and their Adam
 moments are dropped, and the codebooks and decoder train on at a learning rate decaying exponentially to
 ``lr_decay`` (default 0.1) times the start over the rest of the budget (the full rate until then). Indices
-quantised from raw features only after that fraction (a short budget) learn to the end instead. The learned indices need the full
-rate until they stop (a decay over the whole run costs 6-bit lego 0.25-0.55 dB); with fixed indices the
-field is a plain codebook field, which a decaying rate settles like raw features. By default a visual hull's
-indices are fixed after 0.6 of the budget and a depth octree's learn to the end (``SOURCE_DEFAULTS``).
+quantised from raw features only after that fraction (a short budget) learn to the end instead. The learned
+indices need the full rate until they stop (a decay over the whole run costs 6-bit lego 0.25-0.55 dB); with
+fixed indices the field is a plain codebook field, which a decaying rate settles like raw features. By
+default a visual hull's indices are fixed after 0.6 of the budget and a depth octree's learn to the end
+(``SOURCE_DEFAULTS``).
 
 The octree comes from depth when the scene has it (the paper's setting), else from the alpha masks (a
 visual hull). A visual hull is a solid volume much larger than the visible surface, so at
@@ -155,7 +156,8 @@ class TrainConfig:
         if self.vq_freeze is not None and self.vq_freeze < 1 and self.kind != "vq":
             raise TvqError("--vq-freeze needs --bits > 0 with learned indices (not --hash)")
         if self.vq_freeze is not None and self.vq_warmup and self.vq_freeze <= self.vq_warmup:
-            raise TvqError(f"--vq-freeze ({self.vq_freeze}) must come after the end of --vq-warmup ({self.vq_warmup})")
+            raise TvqError(f"--vq-freeze ({self.vq_freeze}) must come after the end of --vq-warmup "
+                           f"({self.vq_warmup})")
         if not self.vq_logit_gap > 0:
             raise TvqError(f"vq_logit_gap must be positive, got {self.vq_logit_gap}")
         if self.batch_rays < 1:
@@ -466,6 +468,14 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.log("octree: " + vertex_report(octree, self.field.grid.levels))
 
+    def _rebuild_optimizer(self, old_opt: torch.optim.Optimizer) -> None:
+        """A fresh optimizer for the current field, with ``old_opt``'s Adam state for every parameter it kept."""
+        self.optimizer = self._make_optimizer()
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p in old_opt.state:
+                    self.optimizer.state[p] = old_opt.state[p]
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         groups = [
@@ -507,11 +517,10 @@ class Trainer:
         self.step, self.elapsed = ckpt["step"], ckpt["elapsed"]
         self.history = ckpt.get("history", [])
         self.pruning = ckpt.get("pruning", [])
-        grid = self.field.grid
-        if grid.kind == "vq" and not grid.learned:  # fixed indices stay fixed, on the octree they were fixed on
+        if self.field.grid.indices_fixed:  # fixed indices stay fixed, on the octree they were fixed on
             if self.config.vq_freeze != saved.vq_freeze:
-                raise TvqError(f"{self.checkpoint_path}: its indices were fixed after --vq-freeze {saved.vq_freeze}; "
-                               f"resume it without --vq-freeze")
+                raise TvqError(f"{self.checkpoint_path}: its indices were fixed after --vq-freeze "
+                               f"{saved.vq_freeze}; resume it without --vq-freeze")
             if self.config.subdivide_at and self.config.subdivide_at > self.step:
                 raise TvqError(f"{self.checkpoint_path}: its indices are fixed, so its octree cannot subdivide at "
                                f"step {self.config.subdivide_at}")
@@ -553,8 +562,7 @@ class Trainer:
     def _set_learning_rate(self) -> None:
         """The recipe's rates times ``TrainConfig.lr_factor`` of the budget's progress."""
         c = self.config
-        grid = self.field.grid
-        factor = c.lr_factor(self.progress_fraction(), indices_fixed=grid.kind == "vq" and not grid.learned)
+        factor = c.lr_factor(self.progress_fraction(), indices_fixed=self.field.grid.indices_fixed)
         self.optimizer.param_groups[0]["lr"] = c.lr * c.grid_lr_scale * factor
         self.optimizer.param_groups[1]["lr"] = c.lr * factor
 
@@ -672,8 +680,7 @@ class Trainer:
         level's codebook moves with its level."""
         old_field, old_opt = self.field, self.optimizer
         old_grid = old_field.grid
-        new_field = make_field(new_octree, self.config, kind=old_grid.kind, learned=old_grid.learned
-                               or old_grid.kind != "vq")
+        new_field = make_field(new_octree, self.config, kind=old_grid.kind, learned=not old_grid.indices_fixed)
         new_field.decoder.load_state_dict(old_field.decoder.state_dict())
         new_grid = new_field.grid
         rows = vertex_rows(old_grid, new_octree, new_grid.levels)  # each new vertex's row in the old table, or -1
@@ -692,7 +699,7 @@ class Trainer:
         old_by_id = {id(p): name for name, p in old_grid.named_parameters()}
         for name, new_param in new_grid.named_parameters():
             new_param.data = moved(getattr(old_grid, name).data, new_param.data, name in row_params)
-        if old_grid.kind == "vq" and not old_grid.learned:  # fixed VQ indices move with their vertices
+        if old_grid.indices_fixed:  # fixed VQ indices move with their vertices
             new_grid.indices = moved(old_grid.indices, new_grid.indices, True)
         self.field = new_field
         del old_field, new_field
@@ -735,10 +742,7 @@ class Trainer:
         grid = FeatureOctree.quantized_from(old_field.grid, self.config.bits, seed=self.config.seed,
                                              logit_gap=self.config.vq_logit_gap)
         self.field = RadianceField(grid, old_field.decoder)
-        self.optimizer = self._make_optimizer()
-        for p in self.field.decoder.parameters():
-            if p in old_opt.state:
-                self.optimizer.state[p] = old_opt.state[p]
+        self._rebuild_optimizer(old_opt)
         self.log(f"step {self.step}: raw features quantised to {1 << self.config.bits} codes per level (k-means)")
         c = self.config
         if c.freezes and self.progress_fraction() > c.freeze_at:
@@ -766,11 +770,7 @@ class Trainer:
         grid.indices += old.hard_indices()  # the fresh buffer holds each level's codebook offset
         grid.codebooks = old.codebooks  # the same parameter: its Adam state carries over below
         self.field = RadianceField(grid, self.field.decoder)
-        self.optimizer = self._make_optimizer()
-        for group in self.optimizer.param_groups:
-            for p in group["params"]:
-                if p in old_opt.state:
-                    self.optimizer.state[p] = old_opt.state[p]
+        self._rebuild_optimizer(old_opt)
         del old, old_opt
         self.log(f"step {self.step}: indices fixed; codebooks and decoder train on")
 

@@ -171,6 +171,8 @@ class QuantizedGrid(torch.nn.Module):
     ``FeatureOctree`` in a ``RadianceField``. ``level_codes``: how many of the codebook's rows each level
     owns (one codebook per level, concatenated)."""
 
+    indices_fixed = False  # (as a raw grid: the trainer's rate schedule reads it)
+
     def __init__(self, raw, codebook: torch.Tensor, assign: torch.Tensor, kept_rows: torch.Tensor,
                  kept: torch.Tensor, vq_rows: torch.Tensor | None = None, level_codes: list[int] | None = None):
         super().__init__()
