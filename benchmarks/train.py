@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks._timing import write_json
 from tvq.job import format_table, train_scene
+from tvq.kernels import codebook
 from tvq.train import TrainConfig
 
 
@@ -30,7 +31,8 @@ def main(argv=None) -> int:
                         "Taichi compiles its kernels once)")
     parser.add_argument("--bits", type=int, nargs="+", default=[0, 6, 4])
     parser.add_argument("--runs", nargs="*", default=None, help="explicit SCENE:BITS:MINUTES[:JSON] runs instead "
-                        "(JSON: TrainConfig fields for that run only, over --config)")
+                        "(JSON: TrainConfig fields for that run only, over --config; and \"code_replicas\": the "
+                        "private copies of the codebook gradient at most, tvq.kernels.codebook.MAX_REPLICAS)")
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--iters", type=int, default=1_000_000)
     parser.add_argument("--out", required=True)
@@ -47,9 +49,15 @@ def main(argv=None) -> int:
         plan = [parse_run(r) for r in args.runs]
     for number, (scene, bits, minutes, own) in enumerate(plan):
         name = f"{Path(scene).name}-bits{bits}" + (f"-{number}" if own else "")
+        replicas = own.pop("code_replicas", codebook.MAX_REPLICAS)
         config = TrainConfig(**{"bits": bits, "iters": args.iters, "minutes": minutes, **extra, **own})
         t0 = time.perf_counter()
-        metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config, write_file=not args.no_file)
+        default, codebook.MAX_REPLICAS = codebook.MAX_REPLICAS, int(replicas)
+        try:
+            metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config, write_file=not args.no_file)
+        finally:
+            codebook.MAX_REPLICAS = default
+        metrics["code_replicas"] = int(replicas)
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["command"] = "python -m benchmarks.train " + " ".join(argv or sys.argv[1:])
         print(name, "\n" + format_table(metrics), flush=True)

@@ -145,6 +145,38 @@ def test_hash_gather_gradcheck(device):
                                     nondet_tol=NONDET)
 
 
+def test_code_replicas():
+    from tvq.kernels.codebook import MAX_REPLICAS, REPLICA_ROWS, code_replicas
+
+    assert code_replicas(4 * 16) == MAX_REPLICAS  # a 4-bit codebook: one copy per lane of a warp
+    assert code_replicas(REPLICA_ROWS) == 1 and code_replicas(4 * REPLICA_ROWS) == 1
+    assert code_replicas(REPLICA_ROWS // 4) == 4
+
+
+@pytest.mark.parametrize("op", ["vq", "hash"])
+def test_codebook_gradient_copies_sum_to_one_gradient(device, monkeypatch, op):
+    """The private copies of dD change only the order of the additions: one copy gives the same gradient."""
+    from tvq.kernels import codebook
+
+    flat, points, logits, codebooks = setup(device, bits=2, dtype=torch.float64)
+    level = torch.repeat_interleave(torch.arange(4, device=device), flat.vertex_start.diff())
+    indices = (torch.randint(0, 4, (flat.num_vertices,), device=device) + 4 * level).to(torch.int32)
+    logits.requires_grad_(True)
+    codebooks.requires_grad_(True)
+
+    def grads():
+        out = (ops.vq_gather(points, flat, logits, codebooks, 4, 2) if op == "vq"
+               else ops.hash_gather(points, flat, indices, codebooks, 4))
+        return torch.autograd.grad(out, codebooks, torch.ones_like(out))[0]
+
+    assert codebook.code_replicas(codebooks.shape[0]) > 1
+    many = grads()
+    monkeypatch.setattr(codebook, "MAX_REPLICAS", 1)
+    one = grads()
+    assert many.abs().sum() > 0
+    torch.testing.assert_close(many, one, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.cuda
 def test_vq_gather_cuda_matches_twin():
     assert runtime.ensure().arch == "cuda"

@@ -251,6 +251,7 @@ def test_vq_warm_start_trains_raw_then_quantises(tiny_scene, tmp_path):
     trainer.fit(evaluate=lambda t: {"psnr": 0.0})
     assert trainer.field.grid.kind == "vq" and not trainer.warming_up
     assert [h["grid"] for h in trainer.history] == ["raw", "vq", "vq", "vq"]  # quantised at step 10
+    assert all(h["samples_per_ray"] > 0 for h in trainer.history)  # each check's mean over its own steps
     assert any("quantised" in line for line in logs)
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["grid_kind"] == "vq" and "logits" in "".join(ckpt["field"])

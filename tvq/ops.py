@@ -105,6 +105,18 @@ def gather(points: torch.Tensor, flat, features: torch.Tensor, lod: int) -> torc
     return _Gather.apply(points, features, flat, _check_lod(flat, lod))
 
 
+def _vertex_and_code_gradients(V: int, code_shape, replicas: int, like: torch.Tensor) -> torch.Tensor:
+    """One zeroed buffer for a codebook op's backward: g_v for the V vertices, then ``replicas`` private
+    copies of the codebook gradient (``tvq.kernels.codebook``)."""
+    rows, F = code_shape
+    return torch.zeros(V + replicas * rows, F, dtype=like.dtype, device=like.device)
+
+
+def _code_gradient(grad_rows: torch.Tensor, V: int, code_shape, replicas: int) -> torch.Tensor:
+    """The codebook gradient: the sum of its private copies after the V vertex rows."""
+    return grad_rows[V:].view(replicas, *code_shape).sum(0)
+
+
 class _VQGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, logits, codebooks, flat, lod):
@@ -124,19 +136,19 @@ class _VQGather(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # the backward kernels record no graph
     def backward(ctx, grad_out):
-        from .kernels.codebook import vq_kernels
+        from .kernels.codebook import code_replicas, vq_kernels
         from .kernels.gather import scatter_threads
 
         pts, rows, C, D, idx = ctx.saved_tensors
         V, F = C.shape[0], D.shape[1]
-        # one zeroed buffer: g_v for the V vertices, then the codebook gradient
-        grad_rows = torch.zeros(V + D.shape[0], F, dtype=D.dtype, device=D.device)
+        P = code_replicas(D.shape[0])
+        grad_rows = _vertex_and_code_gradients(V, D.shape, P, D)
         grad_logits = torch.zeros_like(C)
         if pts.shape[0] > 0 and ctx.lod > 0:
             kernels = vq_kernels(ctx.real, F, C.shape[1])
             kernels.backward(pts, _tree(ctx.flat), rows, _plain(grad_out), C, D.t().contiguous(), idx, grad_rows,
-                             grad_logits, ctx.lod, scatter_threads(pts.shape[0], ctx.lod, kernels.chunk))
-        return None, grad_logits, grad_rows[V:].clone(), None, None
+                             grad_logits, ctx.lod, scatter_threads(pts.shape[0], ctx.lod, kernels.chunk), P)
+        return None, grad_logits, _code_gradient(grad_rows, V, D.shape, P), None, None
 
 
 def vq_gather(points: torch.Tensor, flat, logits: torch.Tensor, codebooks: torch.Tensor, lod: int,
@@ -175,18 +187,18 @@ class _HashGather(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # the backward kernels record no graph
     def backward(ctx, grad_out):
-        from .kernels.codebook import hash_kernels
+        from .kernels.codebook import code_replicas, hash_kernels
         from .kernels.gather import scatter_threads
 
         pts, rows, idx = ctx.saved_tensors
         V, F = idx.shape[0], ctx.shape[1]
-        # one zeroed buffer: g_v for the V vertices, then the codebook gradient
-        grad_rows = torch.zeros(V + ctx.shape[0], F, dtype=grad_out.dtype, device=grad_out.device)
+        P = code_replicas(ctx.shape[0])
+        grad_rows = _vertex_and_code_gradients(V, ctx.shape, P, grad_out)
         if pts.shape[0] > 0 and ctx.lod > 0:
             kernels = hash_kernels(ctx.real, F)
             kernels.backward(pts, _tree(ctx.flat), rows, _plain(grad_out), idx, grad_rows, ctx.lod,
-                             scatter_threads(pts.shape[0], ctx.lod, kernels.chunk))
-        return None, grad_rows[V:].clone(), None, None, None
+                             scatter_threads(pts.shape[0], ctx.lod, kernels.chunk), P)
+        return None, _code_gradient(grad_rows, V, ctx.shape, P), None, None, None
 
 
 def hash_gather(points: torch.Tensor, flat, indices: torch.Tensor, codebooks: torch.Tensor, lod: int) -> torch.Tensor:

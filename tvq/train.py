@@ -844,8 +844,12 @@ class Trainer:
             if freezing:
                 self._timed(self.freeze_indices)
             if checking:
+                # samples per ray since the last check: how much work a step of this field costs
+                rays = stats["rays"] - stats.get("rays_at_check", 0)
+                samples = stats["samples"] - stats.get("samples_at_check", 0)
+                stats["rays_at_check"], stats["samples_at_check"] = stats["rays"], stats["samples"]
                 self.history.append({"step": self.step, "elapsed": self.elapsed, "grid": self.field.grid.kind,
-                                     **evaluate(self)})
+                                     "samples_per_ray": samples / max(rays, 1), **evaluate(self)})
             if saving:
                 self._save_checked()
             if progress is not None:

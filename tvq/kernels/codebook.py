@@ -13,8 +13,8 @@ One launch: a first loop writes idx for the vertices of the used levels, a secon
 codebook rows through idx, so no per-vertex feature table is ever built.
 
 Backward (straight-through softmax), one launch: the gather's backward accumulates g_v = dL/dT[v] into the
-first V rows of a zeroed (V + n_levels K, F) buffer, whose last rows receive dD; then per vertex, with
-s = softmax(C_v) and a_j = D_k[j] . g_v,
+first V rows of a zeroed (V + P n_levels K, F) buffer, whose last rows receive P copies of dD (see below);
+then per vertex, with s = softmax(C_v) and a_j = D_k[j] . g_v,
 
     dD_k[idx[v]] += g_v
     dC_v[j]       = s_j * (a_j - sum_i s_i a_i)
@@ -28,7 +28,11 @@ and softmax(C) is never stored. The backward reads the codebooks transposed (F, 
 neighbouring logits then read neighbouring codebook values, and threads of one logit index the same one.
 
 Hash baseline (fixed indices, trained codebook): vertex v reads codebook row idx[v] (a row of the
-stacked codebooks); backward dD[idx[v]] += g_v, through the same (V + rows of D, F) buffer.
+stacked codebooks); backward dD[idx[v]] += g_v, through the same (V + P rows of D, F) buffer.
+
+Private copies of dD: about a million vertices add into a few hundred codebook rows (16 per level at 4
+bits), so atomic adds to one address would queue. Vertex v adds into copy v mod P instead (P =
+``code_replicas``, 32: the lanes of a warp never collide); the caller sums the P copies afterwards.
 
 Logit rows are read in bursts of ``TILE`` values where one thread walks a row: neighbouring threads read
 rows K values apart, and a burst uses each fetched cache line at once instead of after it was evicted.
@@ -66,6 +70,22 @@ def level_of(tree: ti.template(), v: ti.i64) -> ti.i32:
 TILE = 16  # logits read per thread in one burst: a row's neighbouring loads hit the same cache lines
 STATS_TILE = 4  # the same where each logit also needs a dot product with its code: fewer live registers
 BLOCK = 4  # logits per thread when writing dC: the vertex's g_v and statistics are read once per block
+MAX_REPLICAS = 32  # private copies of the codebook gradient: one per lane of a warp
+REPLICA_ROWS = 1 << 16  # ... while the copies hold at most this many rows (a 12-bit hash has few collisions)
+
+
+def code_replicas(code_rows: int) -> int:
+    """Private copies P of the codebook gradient for a codebook of ``code_rows`` rows."""
+    return max(1, min(MAX_REPLICAS, REPLICA_ROWS // max(code_rows, 1)))
+
+
+@ti.func
+def code_gradient_row(grad_rows: ti.template(), n_vertices: ti.i64, v: ti.i64, code: ti.i64,
+                      replicas: ti.i32) -> ti.i64:
+    """Row of grad_rows where vertex v adds its g_v into codebook row ``code``: copy v mod P of dD, the
+    copies stacked after the n_vertices vertex rows."""
+    code_rows = (grad_rows.shape[0] - n_vertices) // replicas
+    return n_vertices + (v % replicas) * code_rows + code
 
 
 @ti.func
@@ -100,9 +120,9 @@ def code_dot(codebooks_t: ti.template(), r: ti.i64, g, F: ti.template()):
 @ti.func
 def softmax_stats(tree: ti.template(), grad_rows: ti.template(), logits: ti.template(),
                   codebooks_t: ti.template(), idx: ti.template(), grad_logits: ti.template(), v: ti.i32,
-                  real: ti.template(), F: ti.template(), K: ti.template()):
-    """Vertex v: dD[k*K + idx[v]] += g_v (g_v is grad_rows[v], dD the rows after the V vertex rows), and
-    logsumexp(C_v) and s.a parked in grad_logits[v, 0:2] for ``straight_through``."""
+                  replicas: ti.i32, real: ti.template(), F: ti.template(), K: ti.template()):
+    """Vertex v: dD[k*K + idx[v]] += g_v (g_v is grad_rows[v], dD's copies the rows after the V vertex rows),
+    and logsumexp(C_v) and s.a parked in grad_logits[v, 0:2] for ``straight_through``."""
     g = grad_rows[v]
     if (g != 0).any():  # vertices no sample touched: both adjoints are zero
         T = ti.static(min(K, STATS_TILE))
@@ -118,7 +138,7 @@ def softmax_stats(tree: ti.template(), grad_rows: ti.template(), logits: ti.temp
                 ea += e * code_dot(codebooks_t, base + t * T + i, g, F)
         grad_logits[v, 0] = top + ti.log(z)
         grad_logits[v, 1] = ea / z
-        flush(grad_rows, logits.shape[0] + base + idx[v], g, F)
+        flush(grad_rows, code_gradient_row(grad_rows, logits.shape[0], v, base + idx[v], replicas), g, F)
 
 
 @ti.func
@@ -151,15 +171,16 @@ def vq_kernels(dtype, F: int, K: int, chunk: int = CHUNK) -> SimpleNamespace:
 
     @ti.kernel
     def backward(points: vec3, tree: i64_1, rows: i32_2, grad_out: vecF, logits: real2, codebooks_t: real2,
-                 idx: i32_1, grad_rows: vecF, grad_logits: real2, lod: ti.i32, threads: ti.i32):
-        """g_v into the zeroed grad_rows[:V], then the straight-through adjoints: dC into grad_logits, dD
-        into grad_rows[V:]. ``idx`` is the forward's, ``codebooks_t`` the codebooks transposed."""
+                 idx: i32_1, grad_rows: vecF, grad_logits: real2, lod: ti.i32, threads: ti.i32, replicas: ti.i32):
+        """g_v into the zeroed grad_rows[:V], then the straight-through adjoints: dC into grad_logits, dD's
+        ``replicas`` copies into grad_rows[V:]. ``idx`` is the forward's, ``codebooks_t`` the codebooks
+        transposed."""
         for t in range(threads):
             scatter_chunk(points, tree, rows, grad_out, grad_rows, t, lod, dtype, F, chunk)
         n = used_vertices(tree, lod)
         for v in range(logits.shape[0]):
             if v < n:
-                softmax_stats(tree, grad_rows, logits, codebooks_t, idx, grad_logits, v, dtype, F, K)
+                softmax_stats(tree, grad_rows, logits, codebooks_t, idx, grad_logits, v, replicas, dtype, F, K)
         # columns 0 and 1 hold the statistics until the last loop, where each vertex's thread reads them
         # before overwriting them
         B = ti.static(min(K, BLOCK))
@@ -203,8 +224,9 @@ def hash_kernels(dtype, F: int, chunk: int = CHUNK) -> SimpleNamespace:
 
     @ti.kernel
     def backward(points: vec3, tree: i64_1, rows: i32_2, grad_out: vecF, idx: i32_1, grad_rows: vecF,
-                 lod: ti.i32, threads: ti.i32):
-        """g_v into the zeroed grad_rows[:V], then dD[idx[v]] += g_v into grad_rows[V:]."""
+                 lod: ti.i32, threads: ti.i32, replicas: ti.i32):
+        """g_v into the zeroed grad_rows[:V], then dD[idx[v]] += g_v into copy v mod ``replicas`` of dD in
+        grad_rows[V:]."""
         for t in range(threads):
             scatter_chunk(points, tree, rows, grad_out, grad_rows, t, lod, dtype, F, chunk)
         n = used_vertices(tree, lod)
@@ -212,6 +234,6 @@ def hash_kernels(dtype, F: int, chunk: int = CHUNK) -> SimpleNamespace:
             if v < n:
                 g = grad_rows[v]
                 if (g != 0).any():
-                    flush(grad_rows, idx.shape[0] + idx[v], g, F)
+                    flush(grad_rows, code_gradient_row(grad_rows, idx.shape[0], v, idx[v], replicas), g, F)
 
     return SimpleNamespace(forward=lean(forward), backward=lean(backward), chunk=chunk)
