@@ -25,6 +25,20 @@ def test_kernel_benchmarks_run_small_and_write_json(tmp_path):
     assert composite["speedup_forward_backward"] > 0
 
 
+@pytest.mark.slow
+def test_code_replicas_benchmark_runs_small_and_restores_the_default():
+    from benchmarks import bench_code_replicas
+    from tvq.kernels import codebook
+
+    default = codebook.MAX_REPLICAS
+    results = bench_code_replicas.run("cpu", True)
+    assert codebook.MAX_REPLICAS == default
+    rows = results["rows"]
+    assert len(rows) == 2 * 2 * 2 * len(bench_code_replicas.REPLICAS)  # bits x codes x ops x P
+    assert {r["replicas"] for r in rows} == set(bench_code_replicas.REPLICAS)
+    assert all(r["forward_backward"]["median_ms"] > 0 for r in rows)
+
+
 def test_train_benchmark_run_specs():
     assert parse_run("data/lego:6:5") == ("data/lego", 6, 5.0, {})
     assert parse_run('data/lego:4:1.5:{"iters": 10, "feature_dim": 32}') == (
