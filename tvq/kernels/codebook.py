@@ -31,7 +31,7 @@ Hash baseline (fixed indices, trained codebook): vertex v reads codebook row idx
 stacked codebooks); backward dD[idx[v]] += g_v, through the same (V + P rows of D, F) buffer.
 
 Private copies of dD: about a million vertices add into a few hundred codebook rows (16 per level at 4
-bits), so atomic adds to one address would queue. Vertex v adds into copy v mod P instead (P =
+bits), so their atomic adds may queue on few addresses. Vertex v adds into copy v mod P instead (P =
 ``code_replicas``, 32: the lanes of a warp never collide); the caller sums the P copies afterwards.
 
 Logit rows are read in bursts of ``TILE`` values where one thread walks a row: neighbouring threads read
