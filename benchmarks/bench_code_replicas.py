@@ -47,39 +47,35 @@ def run(device: str, small: bool) -> dict:
     level_of_vertex = torch.repeat_interleave(torch.arange(lod), torch.tensor(flat.vertex_counts())).to(device)
     g = torch.Generator().manual_seed(2)
     cotangent = torch.randn(samples, F, generator=g).to(device)
-    default = codebook.MAX_REPLICAS
     rows = []
-    try:
-        for bits in (4, 6):
-            K = 1 << bits
-            codebooks = (torch.randn(lod * K, F, generator=g) * 0.01).to(device).requires_grad_(True)
-            for skewed in (False, True):
-                indices = code_draws(level_of_vertex, K, skewed, g)
-                # logits whose argmax is that code: the learned-index op reads the same rows
-                logits = torch.randn(V, K, generator=g).to(device)
-                logits[torch.arange(V, device=device), indices.long() - level_of_vertex * K] += 10
-                logits.requires_grad_(True)
-                ops_ = {"hash_gather": (lambda: ops.hash_gather(points, flat, indices, codebooks, lod), [codebooks]),
-                        "vq_gather": (lambda: ops.vq_gather(points, flat, logits, codebooks, lod, bits),
-                                      [logits, codebooks])}
-                for name, (forward, params) in ops_.items():
-                    def step():
-                        for p in params:
-                            p.grad = None
-                        forward().backward(cotangent)
+    for bits in (4, 6):
+        K = 1 << bits
+        codebooks = (torch.randn(lod * K, F, generator=g) * 0.01).to(device).requires_grad_(True)
+        for skewed in (False, True):
+            indices = code_draws(level_of_vertex, K, skewed, g)
+            # logits whose argmax is that code: the learned-index op reads the same rows
+            logits = torch.randn(V, K, generator=g).to(device)
+            logits[torch.arange(V, device=device), indices.long() - level_of_vertex * K] += 10
+            logits.requires_grad_(True)
+            ops_ = {"hash_gather": (lambda: ops.hash_gather(points, flat, indices, codebooks, lod), [codebooks]),
+                    "vq_gather": (lambda: ops.vq_gather(points, flat, logits, codebooks, lod, bits),
+                                  [logits, codebooks])}
+            for name, (forward, params) in ops_.items():
+                def step():
+                    for p in params:
+                        p.grad = None
+                    forward().backward(cotangent)
 
-                    for P in REPLICAS:
-                        codebook.MAX_REPLICAS = P
+                for P in REPLICAS:
+                    with codebook.replicas_at_most(P):
                         t = time_ms(step, device, warmup=2, iters=iters)
-                        rows.append({"op": name, "bits": bits, "codes": "skewed" if skewed else "uniform",
-                                     "replicas": codebook.code_replicas(lod * K),
-                                     "forward_backward": t})
-                        print(f"{name:12s} b={bits} {rows[-1]['codes']:8s} P={P:2d}: "
-                              f"{t['median_ms']:.3f} ms (back to back {t['back_to_back_ms']:.3f})", flush=True)
-    finally:
-        codebook.MAX_REPLICAS = default
+                        used = codebook.code_replicas(lod * K)
+                    rows.append({"op": name, "bits": bits, "codes": "skewed" if skewed else "uniform",
+                                 "replicas": used, "forward_backward": t})
+                    print(f"{name:12s} b={bits} {rows[-1]['codes']:8s} P={P:2d}: "
+                          f"{t['median_ms']:.3f} ms (back to back {t['back_to_back_ms']:.3f})", flush=True)
     return {"device": device_name(device), "samples": samples, "levels": list(levels), "vertices": V,
-            "vertex_counts": flat.vertex_counts(), "feature_dim": F, "default_replicas": default, "rows": rows}
+            "vertex_counts": flat.vertex_counts(), "feature_dim": F, "default_replicas": codebook.MAX_REPLICAS, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -52,11 +52,8 @@ def main(argv=None) -> int:
         replicas = own.pop("code_replicas", codebook.MAX_REPLICAS)
         config = TrainConfig(**{"bits": bits, "iters": args.iters, "minutes": minutes, **extra, **own})
         t0 = time.perf_counter()
-        default, codebook.MAX_REPLICAS = codebook.MAX_REPLICAS, int(replicas)
-        try:
+        with codebook.replicas_at_most(replicas):
             metrics = train_scene(Path(scene), Path(args.runs_dir) / name, config, write_file=not args.no_file)
-        finally:
-            codebook.MAX_REPLICAS = default
         metrics["code_replicas"] = int(replicas)
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["command"] = "python -m benchmarks.train " + " ".join(argv or sys.argv[1:])

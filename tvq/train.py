@@ -780,7 +780,7 @@ class Trainer:
         """Train until ``iters`` steps or ``minutes`` of training time; returns a summary."""
         c = self.config
         budget_s = c.minutes * 60 if c.minutes else None
-        stats = {"rays": 0, "samples": 0, "t0": time.perf_counter()}
+        stats = {"rays": 0, "samples": 0, "rays_at_check": 0, "samples_at_check": 0, "t0": time.perf_counter()}
         self._last_save = self.step
         self._last_save_elapsed = self.elapsed
         self._interrupted = False
@@ -845,8 +845,7 @@ class Trainer:
                 self._timed(self.freeze_indices)
             if checking:
                 # samples per ray since the last check: how much work a step of this field costs
-                rays = stats["rays"] - stats.get("rays_at_check", 0)
-                samples = stats["samples"] - stats.get("samples_at_check", 0)
+                rays, samples = stats["rays"] - stats["rays_at_check"], stats["samples"] - stats["samples_at_check"]
                 stats["rays_at_check"], stats["samples_at_check"] = stats["rays"], stats["samples"]
                 self.history.append({"step": self.step, "elapsed": self.elapsed, "grid": self.field.grid.kind,
                                      "samples_per_ray": samples / max(rays, 1), **evaluate(self)})

@@ -40,6 +40,7 @@ rows K values apart, and a burst uses each fetched cache line at once instead of
 Rows of levels at or past ``lod`` are skipped: they take no part in the forward.
 """
 
+import contextlib
 import functools
 from types import SimpleNamespace
 
@@ -77,6 +78,17 @@ REPLICA_ROWS = 1 << 16  # ... while the copies hold at most this many rows (a 12
 def code_replicas(code_rows: int) -> int:
     """Private copies P of the codebook gradient for a codebook of ``code_rows`` rows."""
     return max(1, min(MAX_REPLICAS, REPLICA_ROWS // max(code_rows, 1)))
+
+
+@contextlib.contextmanager
+def replicas_at_most(n: int):
+    """Within the block, at most ``n`` private copies of the codebook gradient (the benchmarks' lever)."""
+    global MAX_REPLICAS
+    default, MAX_REPLICAS = MAX_REPLICAS, int(n)
+    try:
+        yield
+    finally:
+        MAX_REPLICAS = default
 
 
 @ti.func
